@@ -1,0 +1,3 @@
+from lodger.cli import main
+
+raise SystemExit(main())
