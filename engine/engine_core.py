@@ -1,0 +1,166 @@
+"""EngineCore: the synchronous heart of the engine. No asyncio, no threads.
+
+One `step()` = schedule -> execute the model on the batch -> update request state ->
+detokenize and build delta outputs. The serving layer drives it from a dedicated thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from lodger.engine.config import EngineConfig
+from lodger.engine.model_config import ModelConfig
+from lodger.engine.model_runner import ModelRunner
+from lodger.engine.output_processor import OutputProcessor, child_request_id
+from lodger.engine.outputs import RequestOutput, SampleLogprobs
+from lodger.engine.request import Request, RequestStatus
+from lodger.engine.sampling_params import SamplingParams
+from lodger.engine.scheduler import Scheduler, SchedulerConfig
+from lodger.engine.stats import EngineStats
+from lodger.engine.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model_config = ModelConfig.from_pretrained(config.model)
+        self.max_model_len = resolve_max_model_len(config, self.model_config)
+        self.tokenizer = Tokenizer.from_pretrained(config.model)
+        self.device, self.dtype = config.torch_device, config.torch_dtype
+        runner_config = dataclasses.replace(config, max_model_len=self.max_model_len)
+        self.runner = ModelRunner(runner_config, self.model_config, self.device, self.dtype)
+        num_blocks = self.runner.profile_num_kv_blocks()
+        self.runner.init_kv_cache(num_blocks)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                block_size=config.block_size,
+                num_blocks=num_blocks,
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_model_len=self.max_model_len,
+                enable_prefix_caching=config.enable_prefix_caching,
+            )
+        )
+        self.outputs = OutputProcessor(self.tokenizer, self._finish_stopped)
+        self.stats_counters = EngineStats()
+        logger.info(
+            "lodger engine ready: %s on %s (%s), %d KV blocks of %d tokens (%d tokens), "
+            "max_model_len %d",
+            config.model, self.device, self.dtype, num_blocks, config.block_size,
+            num_blocks * config.block_size, self.max_model_len,
+        )
+
+    # ---- requests in ----------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request; raises ValueError (naming the problem) before queueing anything."""
+        if self.outputs.has(request_id):
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        prompt_text, prompt_token_ids = self._prompt_tokens(prompt)
+        max_tokens = self._check_lengths(prompt_token_ids, params)
+        arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        child_ids = [child_request_id(i, request_id, params.n) for i in range(params.n)]
+        self.outputs.add(request_id, prompt_text, prompt_token_ids, params, child_ids, arrival_time)
+        for index, child_id in enumerate(child_ids):
+            self.scheduler.add_request(
+                Request(
+                    request_id=child_id,
+                    prompt_token_ids=prompt_token_ids,
+                    sampling_params=_child_params(params, index, max_tokens),
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    arrival_time=arrival_time,
+                    parent_id=request_id if params.n > 1 else None,
+                )
+            )
+        self.stats_counters.num_prompt_tokens += len(prompt_token_ids)
+
+    def _prompt_tokens(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        token_ids = list(prompt)
+        vocab_size = self.model_config.vocab_size
+        for token_id in token_ids:
+            if not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+                raise ValueError(
+                    f"prompt_token_ids must be integers in [0, {vocab_size}), got {token_id!r}"
+                )
+        return None, token_ids
+
+    def _check_lengths(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
+        """Validate the prompt against max_model_len and the pool; returns max_tokens to use."""
+        num_prompt_tokens = len(prompt_token_ids)
+        if num_prompt_tokens == 0:
+            raise ValueError("prompt must not be empty")
+        if num_prompt_tokens >= self.max_model_len:
+            raise ValueError(
+                f"prompt is {num_prompt_tokens} tokens but max_model_len is "
+                f"{self.max_model_len}: it must leave room for at least one generated token"
+            )
+        room = self.max_model_len - num_prompt_tokens
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        problem = self.scheduler.check_fits(num_prompt_tokens + max_tokens)
+        if problem is not None:
+            raise ValueError(problem)
+        return max_tokens
+
+    def abort_request(self, request_id: str) -> None:
+        """Abort a request in any state and return its blocks; unknown ids are ignored."""
+        for child_id in self.outputs.remove(request_id):
+            self.scheduler.finish_request(child_id, RequestStatus.FINISHED_ABORTED)
+            self.stats_counters.num_aborted += 1
+
+    def _finish_stopped(self, child_id: str) -> None:
+        self.scheduler.finish_request(child_id, RequestStatus.FINISHED_STOPPED)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> list[RequestOutput]:
+        if not self.scheduler.has_unfinished_requests():
+            return []
+        scheduled = self.scheduler.schedule()
+        if scheduled.total_num_scheduled_tokens == 0:
+            return []
+        runner_output = self.runner.execute(scheduled)
+        updated = self.scheduler.update(scheduled, runner_output.sampled_token_ids)
+        logprobs_by_child: dict[str, SampleLogprobs] = {
+            request.request_id: position
+            for request, position in zip(scheduled.scheduled, runner_output.logprobs, strict=True)
+            if position is not None
+        }
+        outputs = self.outputs.process(updated, logprobs_by_child)
+        self.stats_counters.record_step(scheduled.total_num_scheduled_tokens, outputs)
+        return outputs
+
+    def stats(self) -> EngineStats:
+        return self.stats_counters.snapshot(self.scheduler.stats())
+
+
+def resolve_max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
+    limit = model_config.max_position_embeddings
+    if config.max_model_len is None:
+        return limit
+    if config.max_model_len > limit:
+        raise ValueError(
+            f"max_model_len {config.max_model_len} is larger than the model's "
+            f"max_position_embeddings {limit}"
+        )
+    return config.max_model_len
+
+
+def _child_params(params: SamplingParams, index: int, max_tokens: int) -> SamplingParams:
+    """Sample `index` of a request: its own seed (seed + index) so n samples differ."""
+    seed = None if params.seed is None else params.seed + index
+    return dataclasses.replace(params, n=1, seed=seed, max_tokens=max_tokens)
