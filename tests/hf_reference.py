@@ -1,0 +1,51 @@
+"""What transformers itself produces on a checkpoint: the reference lodger must match."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+
+
+@functools.cache
+def hf_model(model_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    return model.eval()
+
+
+@functools.cache
+def hf_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def hf_greedy(model_dir: str, prompt_token_ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' own `generate`, greedy, never stopping at EOS."""
+    model = hf_model(str(model_dir))
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = None
+    config.do_sample = False
+    config.max_new_tokens = max_new_tokens
+    config.min_new_tokens = None
+    config.pad_token_id = 0
+    input_ids = torch.tensor([prompt_token_ids])
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                             generation_config=config)
+    return out[0, len(prompt_token_ids):].tolist()
+
+
+def hf_logprobs(model_dir: str, prompt_token_ids: list[int], output_ids: list[int]) -> torch.Tensor:
+    """log_softmax of transformers' logits at each generated position: [len(output_ids), V]."""
+    model = hf_model(str(model_dir))
+    ids = torch.tensor([prompt_token_ids + output_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0].float()
+    start = len(prompt_token_ids) - 1
+    return torch.log_softmax(logits[start : start + len(output_ids)], dim=-1)
