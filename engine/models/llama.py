@@ -1,0 +1,156 @@
+"""lodger's Llama-family decoder: Llama 2/3, Mistral, Qwen2 (q/k/v bias), Qwen3 (q/k norm).
+
+Batches are flat: T new tokens of all sequences side by side, no padding. Every op goes
+through `lodger.kernels.ops` (Triton on CUDA, torch references elsewhere). Projections are
+fused: one q/k/v matmul and one gate/up matmul per layer; the loader fills the fused
+weights from the checkpoint's separate tensors. The model is built on the meta device and
+its parameters are assigned by `lodger.engine.loader`; `init_rotary` then builds the
+cos/sin table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lodger.engine.model_config import ModelConfig
+from lodger.engine.models.rotary import cos_sin_cache
+from lodger.kernels import ops
+from lodger.kernels.attention_metadata import AttentionMetadata
+
+KVCache = tuple[Tensor, Tensor]  # (k_cache, v_cache), each [num_blocks, block_size, Hkv, D]
+
+
+class RMSNorm(nn.Module):
+    """Holds an RMSNorm weight under the checkpoint's name (`<norm>.weight`)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """(norm(x + residual), x + residual)."""
+        return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_size, self.kv_size = config.q_size, config.kv_size
+        self.scale = self.head_dim**-0.5
+        qkv_rows = self.q_size + 2 * self.kv_size
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_rows, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self, positions: Tensor, x: Tensor, cos_sin: Tensor, kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> Tensor:
+        num_tokens = x.shape[0]
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view_as(q)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view_as(k)
+        q, k = ops.apply_rotary(q, k, positions, cos_sin)
+        k_cache, v_cache = kv_cache
+        ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
+        return self.o_proj(out.reshape(num_tokens, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        inter = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * inter, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(inter, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, positions: Tensor, x: Tensor, residual: Tensor | None, cos_sin: Tensor,
+        kv_cache: KVCache, meta: AttentionMetadata,
+    ) -> tuple[Tensor, Tensor]:
+        """One pre-norm block. Returns (mlp output, residual stream before it); the caller
+        (or the next layer's norm) adds them."""
+        if residual is None:
+            residual = x
+            x = self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm.add_and_norm(x, residual)
+        x = self.self_attn(positions, x, cos_sin, kv_cache, meta)
+        x, residual = self.post_attention_layernorm.add_and_norm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The decoder plus LM head. `forward` returns final hidden states; `compute_logits`
+    turns the rows that sample into float32 logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # float32 [max_positions, head_dim]; a plain attribute so dtype casts never touch it
+        self.cos_sin_cache: Tensor | None = None
+
+    def init_rotary(self, device: torch.device, max_positions: int | None = None) -> None:
+        """Build the cos/sin table on `device` for positions < max_positions."""
+        config = self.config
+        num_positions = max_positions or config.max_position_embeddings
+        table = cos_sin_cache(config.rope, config.head_dim, num_positions)
+        self.cos_sin_cache = table.to(device)
+
+    def forward(
+        self, input_ids: Tensor, positions: Tensor, kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+    ) -> Tensor:
+        """input_ids, positions: [T] int64; returns the final normed hidden states [T, H]."""
+        assert self.cos_sin_cache is not None, "call init_rotary() after loading the weights"
+        assert len(kv_caches) == len(self.model.layers), "one (k, v) cache pair per layer"
+        x = self.model.embed_tokens(input_ids)
+        residual = None
+        for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
+            x, residual = layer(positions, x, residual, self.cos_sin_cache, kv_cache, meta)
+        x, _ = self.model.norm.add_and_norm(x, residual)
+        return x
+
+    def compute_logits(self, hidden: Tensor) -> Tensor:
+        """[N, H] hidden states -> [N, vocab] float32 logits."""
+        return F.linear(hidden, self.lm_head.weight).float()
