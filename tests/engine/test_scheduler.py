@@ -383,3 +383,52 @@ def test_check_fits_and_config_errors():
     out = scheduler.schedule()
     with pytest.raises(ValueError, match="sampled has 0 entries"):
         scheduler.update(out, [])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_traffic_with_aborts_keeps_every_invariant(seed):
+    """Random prompts sharing prefixes, n > 1 groups, a small pool and random aborts:
+    every finished request has exactly the reference tokens and the pool ends whole."""
+    import random
+
+    rng = random.Random(seed)
+    scheduler = make_scheduler(num_blocks=rng.choice([10, 16, 24]), max_num_seqs=rng.choice([2, 5]),
+                               max_num_batched_tokens=rng.choice([8, 16, 64]),
+                               enable_prefix_caching=seed % 2 == 0)
+    runner = FakeRunner(scheduler)
+    prefixes = [[rng.randrange(3, 99) for _ in range(rng.randrange(1, 12))] for _ in range(3)]
+    requests, aborted = [], set()
+
+    def add(step):
+        prompt = rng.choice(prefixes) + [rng.randrange(3, 99) for _ in range(rng.randrange(1, 9))]
+        max_tokens = rng.randrange(1, 20)
+        if scheduler.check_fits(len(prompt) + max_tokens) is not None:
+            return
+        n = rng.choice([1, 1, 3])
+        for i in range(n):
+            request_id = f"{i}_{step}" if n > 1 else f"{step}"
+            request = make_request(request_id, prompt, parent_id=str(step) if n > 1 else None,
+                                   max_tokens=max_tokens)
+            requests.append(request)
+            scheduler.add_request(request)
+
+    for step in range(300):
+        if step < 150 and rng.random() < 0.4:
+            add(step)
+        if rng.random() < 0.05 and scheduler.requests:
+            victim = rng.choice(sorted(scheduler.requests))
+            scheduler.finish_request(victim, RequestStatus.FINISHED_ABORTED)
+            aborted.add(victim)
+        out = scheduler.schedule()
+        assert out.total_num_scheduled_tokens <= scheduler.config.max_num_batched_tokens
+        if scheduler.requests:
+            assert out.total_num_scheduled_tokens > 0, "stuck"
+        scheduler.update(out, runner.execute(out))
+        check_invariants(scheduler)
+    run(scheduler, runner)
+    for request in requests:
+        assert request.is_finished and request.block_ids == []
+        if request.request_id not in aborted:
+            expected = expected_output(request.prompt_token_ids, request.num_output_tokens)
+            assert request.output_token_ids == expected
+            assert request.num_output_tokens == request.sampling_params.max_tokens
