@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from lodger.engine.kv_cache_manager import KVCacheManager, cdiv
 from lodger.engine.request import Request, RequestStatus
 
+RUNNING = RequestStatus.RUNNING
+
 
 @dataclass(slots=True)
 class SchedulerConfig:
@@ -96,6 +98,7 @@ class Scheduler:
         self.num_held = 0
         self.finished_request_ids: set[str] = set()
         self.num_preemptions_total = 0
+        self._num_step_preemptions = 0  # preemptions while building the current step
 
     # ---- requests in and out ------------------------------------------------------------
 
@@ -162,30 +165,26 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         scheduled: list[Request] = []
         num_scheduled: list[int] = []
-        num_preemptions = 0
+        self._num_step_preemptions = 0
         running = self.running
-        kv = self.kv
+        block_size = self.block_size
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_computed = request.num_computed_tokens
+            num_new = len(request.all_token_ids) - num_computed
             assert num_new > 0, f"running request {request.request_id!r} has nothing to compute"
-            num_granted = kv.allocate_slots(request, num_new)
-            while num_granted == 0:
-                if running[-1] is not request or not self._reclaim_waiting_blocks():
-                    victim = running.pop()
-                    self._preempt(victim)
-                    num_preemptions += 1
-                    if victim is request:
-                        break
-                num_granted = kv.allocate_slots(request, num_new)
-            if num_granted == 0:
-                break  # the request preempted itself: it was the last one running
+            if num_new > budget:
+                num_new = budget
+            if num_computed + num_new > len(request.block_ids) * block_size:
+                num_new = self._grow_or_preempt(request, num_new)
+                if num_new == 0:
+                    break  # the request preempted itself: it was the last one running
             scheduled.append(request)
-            num_scheduled.append(num_granted)
-            budget -= num_granted
+            num_scheduled.append(num_new)
+            budget -= num_new
             i += 1
-        if num_preemptions == 0:
+        if self._num_step_preemptions == 0:
             budget = self._admit_waiting(budget, scheduled, num_scheduled)
         if scheduled:
             finished, self.finished_request_ids = self.finished_request_ids, set()
@@ -196,8 +195,24 @@ class Scheduler:
             num_scheduled_tokens=num_scheduled,
             total_num_scheduled_tokens=self.config.max_num_batched_tokens - budget,
             finished_request_ids=finished,
-            num_preemptions=num_preemptions,
+            num_preemptions=self._num_step_preemptions,
         )
+
+    def _grow_or_preempt(self, request: Request, num_new: int) -> int:
+        """Blocks for up to num_new tokens of a running request, preempting the newest
+        running requests while not even one token fits; returns the tokens granted (0 if
+        the request had to preempt itself)."""
+        running = self.running
+        num_granted = self.kv.allocate_slots(request, num_new)
+        while num_granted == 0:
+            if running[-1] is not request or not self._reclaim_waiting_blocks():
+                victim = running.pop()
+                self._preempt(victim)
+                self._num_step_preemptions += 1
+                if victim is request:
+                    return 0
+            num_granted = self.kv.allocate_slots(request, num_new)
+        return num_granted
 
     def _admit_waiting(
         self, budget: int, scheduled: list[Request], num_scheduled: list[int]
@@ -233,36 +248,54 @@ class Scheduler:
             raise ValueError(
                 f"sampled has {len(sampled)} entries but {len(out.scheduled)} requests ran"
             )
-        kv = self.kv
+        kv, block_size, max_model_len = self.kv, self.block_size, self.config.max_model_len
+        caching = kv.enable_prefix_caching
         updated: list[Request] = []
         num_finished = 0
         for request, num_new, token_id in zip(
             out.scheduled, out.num_scheduled_tokens, sampled, strict=True
         ):
-            if request.status != RequestStatus.RUNNING:
+            if request.status is not RUNNING:
                 continue  # finished (aborted) after schedule(); its blocks are gone
-            request.num_computed_tokens += num_new
-            kv.cache_full_blocks(request)
-            if (
-                request.parent_id is not None
-                and self.leaders.get(request.parent_id) is request
-                and request.num_computed_tokens >= request.num_prompt_tokens
-            ):
-                self._release_siblings(request, share=True)
+            num_computed = request.num_computed_tokens + num_new
+            crossed_block = num_computed // block_size != request.num_computed_tokens // block_size
+            request.num_computed_tokens = num_computed
+            if caching and crossed_block:
+                kv.cache_full_blocks(request)
+            if request.parent_id is not None:
+                self._maybe_release_siblings(request)
+            tokens = request.all_token_ids
             if token_id is None:
-                assert request.num_computed_tokens < request.num_tokens, request.request_id
+                assert num_computed < len(tokens), request.request_id
                 continue
-            assert request.num_computed_tokens == request.num_tokens, request.request_id
-            request.append_output_token(token_id)
+            assert num_computed == len(tokens), request.request_id
+            tokens.append(token_id)
+            output = request.output_token_ids
+            output.append(token_id)
             updated.append(request)
-            status, stop_reason = self._check_stop(request, token_id)
-            if status is not None:
-                del self.requests[request.request_id]
-                self._finish(request, status, stop_reason)
-                num_finished += 1
+            params = request.sampling_params
+            # cheap filter; _check_stop decides (min_tokens, ignore_eos, which reason)
+            if (
+                token_id == request.eos_token_id
+                or token_id in params.stop_token_ids
+                or len(output) == params.max_tokens
+                or len(tokens) >= max_model_len
+            ):
+                status, stop_reason = self._check_stop(request, token_id)
+                if status is not None:
+                    del self.requests[request.request_id]
+                    self._finish(request, status, stop_reason)
+                    num_finished += 1
         if num_finished:
-            self.running = [r for r in self.running if r.status == RequestStatus.RUNNING]
+            self.running = [r for r in self.running if r.status is RUNNING]
         return updated
+
+    def _maybe_release_siblings(self, request: Request) -> None:
+        if (
+            self.leaders.get(request.parent_id) is request
+            and request.num_computed_tokens >= request.num_prompt_tokens
+        ):
+            self._release_siblings(request, share=True)
 
     def _check_stop(
         self, request: Request, token_id: int

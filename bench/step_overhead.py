@@ -1,0 +1,98 @@
+"""Per-step CPU overhead of the engine loop's Python work, without the model.
+
+Measures schedule() + update() for a batch of requests that are all decoding (the steady
+state of a busy server), with prefix caching on and off. The model runner's input
+preparation (block tables, slot mapping, positions) belongs in the same budget: pass it as
+`prepare_inputs` to `measure_step_overhead` and it is timed inside each step.
+
+    .venv/bin/python bench/step_overhead.py [--num-requests 256] [--num-steps 2000]
+
+Goal for the whole step overhead (scheduler + input preparation): <= 1 ms at 256 requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+from lodger.engine.request import Request
+from lodger.engine.sampling_params import SamplingParams
+from lodger.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+
+BLOCK_SIZE = 16
+
+
+def decoding_scheduler(num_requests: int, num_steps: int, enable_prefix_caching: bool) -> Scheduler:
+    """A scheduler whose `num_requests` requests have all finished their prompts.
+
+    Prompt lengths are staggered so that block boundaries (a new block, a block hashed)
+    spread evenly over the steps, as they do in real traffic.
+    """
+    max_tokens = num_steps + 64  # the prefill steps already decode the first requests
+    max_model_len = 128 + BLOCK_SIZE + max_tokens
+    num_blocks = 1 + num_requests * (-(-max_model_len // BLOCK_SIZE))
+    scheduler = Scheduler(SchedulerConfig(
+        block_size=BLOCK_SIZE, num_blocks=num_blocks, max_num_seqs=num_requests,
+        max_num_batched_tokens=8192, max_model_len=max_model_len,
+        enable_prefix_caching=enable_prefix_caching,
+    ))
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=max_tokens)
+    for i in range(num_requests):
+        prompt = [(i * 7 + j) % 32000 for j in range(128 + i % BLOCK_SIZE)]
+        scheduler.add_request(Request(f"r{i}", prompt, params, 2, time.monotonic()))
+    while any(r.num_output_tokens == 0 for r in scheduler.requests.values()):
+        out = scheduler.schedule()
+        scheduler.update(out, fake_sampled(out))
+    return scheduler
+
+
+def fake_sampled(out: SchedulerOutput) -> list[int | None]:
+    return [
+        42 if r.num_computed_tokens + n == r.num_tokens else None
+        for r, n in zip(out.scheduled, out.num_scheduled_tokens, strict=True)
+    ]
+
+
+def measure_step_overhead(
+    scheduler: Scheduler,
+    num_steps: int,
+    prepare_inputs: Callable[[SchedulerOutput], object] | None = None,
+) -> list[float]:
+    """Microseconds per step of schedule() [+ prepare_inputs(out)] + update()."""
+    timings = []
+    for _ in range(num_steps):
+        start = time.perf_counter_ns()
+        out = scheduler.schedule()
+        if prepare_inputs is not None:
+            prepare_inputs(out)
+        sampled = [42] * len(out.scheduled)  # every request decodes: each one samples
+        scheduler.update(out, sampled)
+        timings.append((time.perf_counter_ns() - start) / 1000)
+        assert len(out.scheduled) == len(scheduler.running), "not a steady decode batch"
+    return timings
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-requests", type=int, default=256)
+    parser.add_argument("--num-steps", type=int, default=2000)
+    args = parser.parse_args()
+    print(f"schedule() + update(), {args.num_requests} requests decoding, "
+          f"block_size {BLOCK_SIZE}, {args.num_steps} steps")
+    for caching in (True, False):
+        scheduler = decoding_scheduler(args.num_requests, args.num_steps + 100, caching)
+        measure_step_overhead(scheduler, 100)  # warm-up
+        timings = measure_step_overhead(scheduler, args.num_steps)
+        print(f"  prefix caching {'on ' if caching else 'off'}: "
+              f"median {statistics.median(timings):7.1f} us   "
+              f"p90 {percentile(timings, 90):7.1f} us   max {max(timings):7.1f} us")
+
+
+if __name__ == "__main__":
+    main()
