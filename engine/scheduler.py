@@ -123,11 +123,21 @@ class Scheduler:
             raise ValueError(f"request_id {request.request_id!r} is already scheduled")
         if request.status != RequestStatus.WAITING or request.block_ids:
             raise ValueError(f"request {request.request_id!r} must be new (WAITING, no blocks)")
+        max_tokens = request.sampling_params.max_tokens
+        num_tokens = request.num_prompt_tokens + (max_tokens or self.config.max_model_len)
+        problem = self.check_fits(min(num_tokens, self.config.max_model_len))
+        if problem is not None:
+            raise ValueError(f"request {request.request_id!r}: {problem}")
         self.requests[request.request_id] = request
         parent_id = request.parent_id
         if parent_id is not None:
             leader = self.leaders.get(parent_id)
             if leader is not None:
+                if request.prompt_token_ids != leader.prompt_token_ids:
+                    raise ValueError(
+                        f"request {request.request_id!r}: children of parent {parent_id!r} "
+                        "must share one prompt"
+                    )
                 self.held[parent_id].append(request)
                 self.num_held += 1
                 return
@@ -227,7 +237,9 @@ class Scheduler:
             num_reserved = self.num_reserved_blocks if running else 0
             num_granted = kv.admit(request, min(num_left, budget), cached, num_reserved)
             if num_granted == 0:
-                break
+                if running or not self._reclaim_waiting_blocks():
+                    break  # FCFS: nobody overtakes it
+                continue  # only waiting siblings held the blocks: retry without them
             waiting.popleft()
             if request.num_preemptions == 0 and not request.num_cached_tokens:
                 request.num_cached_tokens = request.num_computed_tokens

@@ -370,6 +370,23 @@ def test_waiting_siblings_give_back_shared_blocks_when_a_request_needs_the_whole
     assert second.num_output_tokens == 1 and second.num_cached_tokens == 0  # recomputed
 
 
+def test_admission_reclaims_blocks_held_only_by_waiting_requests():
+    # a safety net: waiting siblings whose leaders are gone hold the whole pool and nothing
+    # runs; the front request must still be admitted (white-box set-up of that state)
+    scheduler = make_scheduler(num_blocks=5, enable_prefix_caching=False)  # 4 usable
+    first, second = make_request("first", [6] * 9), make_request("second", [7] * 9)
+    scheduler.add_request(first)
+    scheduler.add_request(second)
+    donor = scheduler.kv.pool.allocate(4)
+    scheduler.kv.share_prefix(first, donor[:2])
+    scheduler.kv.share_prefix(second, donor[2:])
+    scheduler.kv.pool.free(donor)
+    assert scheduler.kv.pool.num_free_blocks == 0
+    run(scheduler)
+    assert first.output_token_ids == expected_output([6] * 9, 5)
+    assert second.output_token_ids == expected_output([7] * 9, 5)
+
+
 def test_check_fits_and_config_errors():
     scheduler = make_scheduler(num_blocks=9)  # 8 usable blocks of 4 = 32 cached tokens
     assert scheduler.check_fits(33) is None
@@ -380,7 +397,13 @@ def test_check_fits_and_config_errors():
     with pytest.raises(ValueError, match="already scheduled"):
         scheduler.add_request(make_request("a", [1]))
         scheduler.add_request(make_request("a", [1]))
+    with pytest.raises(ValueError, match="'big'.*needs 9 KV blocks"):
+        scheduler.add_request(make_request("big", [1] * 30, max_tokens=4))
+    scheduler.add_request(make_request("0_p", [1] * 5, parent_id="p"))
+    with pytest.raises(ValueError, match="must share one prompt"):
+        scheduler.add_request(make_request("1_p", [2] * 5, parent_id="p"))
     out = scheduler.schedule()
+    assert len(out.scheduled) == 2
     with pytest.raises(ValueError, match="sampled has 0 entries"):
         scheduler.update(out, [])
 
