@@ -128,16 +128,16 @@ class Scheduler:
         problem = self.check_fits(min(num_tokens, self.config.max_model_len))
         if problem is not None:
             raise ValueError(f"request {request.request_id!r}: {problem}")
-        self.requests[request.request_id] = request
         parent_id = request.parent_id
+        leader = None if parent_id is None else self.leaders.get(parent_id)
+        if leader is not None and request.prompt_token_ids != leader.prompt_token_ids:
+            raise ValueError(
+                f"request {request.request_id!r}: children of parent {parent_id!r} "
+                "must share one prompt"
+            )
+        self.requests[request.request_id] = request
         if parent_id is not None:
-            leader = self.leaders.get(parent_id)
             if leader is not None:
-                if request.prompt_token_ids != leader.prompt_token_ids:
-                    raise ValueError(
-                        f"request {request.request_id!r}: children of parent {parent_id!r} "
-                        "must share one prompt"
-                    )
                 self.held[parent_id].append(request)
                 self.num_held += 1
                 return

@@ -402,10 +402,14 @@ def test_check_fits_and_config_errors():
     scheduler.add_request(make_request("0_p", [1] * 5, parent_id="p"))
     with pytest.raises(ValueError, match="must share one prompt"):
         scheduler.add_request(make_request("1_p", [2] * 5, parent_id="p"))
+    assert sorted(scheduler.requests) == ["0_p", "a"]  # rejected ones left no trace
     out = scheduler.schedule()
     assert len(out.scheduled) == 2
     with pytest.raises(ValueError, match="sampled has 0 entries"):
         scheduler.update(out, [])
+    runner = FakeRunner(scheduler)
+    scheduler.update(out, runner.execute(out))
+    run(scheduler, runner)
 
 
 @pytest.mark.parametrize("seed", range(6))
