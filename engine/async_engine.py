@@ -108,6 +108,8 @@ class AsyncEngine:
         self._stop_requested = False
         self._dead_error: BaseException | None = None  # why the thread died, if it did
         self._started = threading.Event()  # set once the core is built, or the start failed
+        # futures of wait_until_ready() callers, resolved when _started is set (under _lock)
+        self._ready_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._streams: dict[str, _Stream] = {}  # engine thread only
         self._core = None
         self._stats = EngineStats()  # latest snapshot, published by the engine thread
@@ -146,9 +148,15 @@ class AsyncEngine:
         """Wait (without blocking the loop) until the model is loaded; raises EngineDeadError
         if loading failed and TimeoutError after `timeout` seconds."""
         if not self._started.is_set():
-            ok = await asyncio.to_thread(self._started.wait, timeout)
-            if not ok:
-                raise TimeoutError(f"the engine was not ready after {timeout} s")
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            with self._lock:
+                if not self._started.is_set():
+                    self._ready_waiters.append((loop, future))
+                else:
+                    future.set_result(None)
+            async with asyncio.timeout(timeout):
+                await future
         self.check_health()
 
     @property
@@ -276,7 +284,7 @@ class AsyncEngine:
             return
         self._core = core
         self._stats = core.stats()
-        self._started.set()
+        self._set_started()
         try:
             self._run(core)
         except BaseException as exc:
@@ -390,7 +398,14 @@ class AsyncEngine:
         for command in commands:
             if isinstance(command, _Abort) and command.done is not None:
                 _post(command.done[0], _set_result, command.done[1])
-        self._started.set()
+        self._set_started()
+
+    def _set_started(self) -> None:
+        with self._lock:
+            self._started.set()
+            waiters, self._ready_waiters = self._ready_waiters, []
+        for loop, future in waiters:
+            _post(loop, _set_result, future)
 
     def _release(self) -> None:
         """Drop the core (model weights and KV cache) and give the memory back."""
