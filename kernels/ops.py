@@ -1,7 +1,8 @@
-"""The ops the model calls. CUDA tensors run the Triton kernels, everything else (and CUDA
-with env LODGER_TORCH_OPS=1) the plain-torch references in lodger.kernels.reference.
+"""The ops the model calls. CUDA tensors run the Triton kernels; everything else (and CUDA
+with env LODGER_TORCH_OPS=1) runs the plain-torch references in lodger.kernels.reference.
 
-Triton is imported only when a CUDA op runs, so this module imports where triton is missing.
+The Triton modules are imported on the first CUDA call, so this module imports (and the CPU
+engine runs) where triton is missing.
 """
 
 import os
@@ -24,43 +25,74 @@ __all__ = [
 
 
 def use_triton(x: Tensor) -> bool:
-    """Whether an op on x runs the Triton kernel (CUDA and LODGER_TORCH_OPS is not 1)."""
+    """Whether an op on x runs its Triton kernel: x is on CUDA and LODGER_TORCH_OPS != 1."""
     return x.is_cuda and os.environ.get("LODGER_TORCH_OPS", "0") != "1"
 
 
 def write_kv_cache(
     k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor
 ) -> None:
-    """Store the new tokens' k/v [T, Hkv, D] at their slots; slot -1 is skipped."""
-    reference.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    """Store the new tokens' k/v [T, Hkv, D] at their cache slots; slot -1 is skipped."""
+    if use_triton(k):
+        from lodger.kernels import kv_cache_write
+
+        return kv_cache_write.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    return reference.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
 
 
 def paged_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, meta: AttentionMetadata, scale: float
 ) -> Tensor:
-    """Causal attention of q [T, Hq, D] over each sequence's paged context -> [T, Hq, D]."""
-    return reference.paged_attention(q, k_cache, v_cache, meta, scale)
+    """Causal attention of q [T, Hq, D] over each sequence's paged context -> [T, Hq, D].
+
+    Decode-only batches take the split-KV decode kernel, any other batch the prefill kernel.
+    """
+    if not use_triton(q):
+        return reference.paged_attention(q, k_cache, v_cache, meta, scale)
+    if meta.decode_only:
+        from lodger.kernels import decode_attention
+
+        return decode_attention.decode_attention(q, k_cache, v_cache, meta, scale)
+    from lodger.kernels import prefill_attention
+
+    return prefill_attention.prefill_attention(q, k_cache, v_cache, meta, scale)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """HF Llama RMSNorm of x [T, H]."""
+    """HF Llama RMSNorm of x [T, H] -> a new tensor."""
+    if use_triton(x):
+        from lodger.kernels import rms_norm as triton_rms_norm
+
+        return triton_rms_norm.rms_norm(x, weight, eps)
     return reference.rms_norm(x, weight, eps)
 
 
 def fused_add_rms_norm(
     x: Tensor, residual: Tensor, weight: Tensor, eps: float
 ) -> tuple[Tensor, Tensor]:
-    """(rms_norm(x + residual), x + residual)."""
+    """(rms_norm(x + residual), x + residual) as new tensors; the inputs are not modified."""
+    if use_triton(x):
+        from lodger.kernels import rms_norm as triton_rms_norm
+
+        return triton_rms_norm.fused_add_rms_norm(x, residual, weight, eps)
     return reference.fused_add_rms_norm(x, residual, weight, eps)
 
 
 def apply_rotary(
     q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Rotate-half rotary embedding of q [T, Hq, D] and k [T, Hkv, D] in place."""
+    """Rotate-half rotary embedding of q [T, Hq, D] and k [T, Hkv, D] in place; returns them."""
+    if use_triton(q):
+        from lodger.kernels import rotary
+
+        return rotary.apply_rotary(q, k, positions, cos_sin_cache)
     return reference.apply_rotary(q, k, positions, cos_sin_cache)
 
 
 def silu_and_mul(x: Tensor) -> Tensor:
-    """silu(x[:, :I]) * x[:, I:] for x [T, 2 * I]."""
+    """silu(x[:, :I]) * x[:, I:] for x [T, 2 * I] -> a new [T, I] tensor."""
+    if use_triton(x):
+        from lodger.kernels import activation
+
+        return activation.silu_and_mul(x)
     return reference.silu_and_mul(x)

@@ -66,13 +66,17 @@ def paged_attention(
 ) -> Tensor:
     """Attention of the new tokens q [T, Hq, D] over their sequences' cached context.
 
-    The new tokens' K/V must already be in the cache (write_kv_cache runs first).
+    The new tokens' K/V must already be in the cache (write_kv_cache runs first). Rows of q
+    past query_start_loc[-1] (batch padding) are left unwritten.
     """
     out = torch.empty_like(q)
     starts = meta.query_start_loc.tolist()
     seq_lens = meta.seq_lens.tolist()
     for b, seq_len in enumerate(seq_lens):
         start, end = starts[b], starts[b + 1]
+        if seq_len == 0:  # a padding sequence: zeros, as the Triton kernels write
+            out[start:end] = 0
+            continue
         if end == start:
             continue
         k = gather_context(k_cache, meta.block_tables[b], seq_len)

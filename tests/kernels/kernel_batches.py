@@ -65,3 +65,9 @@ def dense_causal_attention(q, k, v, scale):
     mask = torch.ones(query_len, seq_len, dtype=torch.bool).tril(seq_len - query_len)
     scores = scores.masked_fill(~mask, float("-inf"))
     return (scores.softmax(-1) @ v).transpose(0, 1)  # [L, Hq, D]
+
+
+def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
+    """‖out - expected‖ / ‖expected‖ in float64; NaN anywhere gives NaN (never passes)."""
+    out, expected = out.double(), expected.double()
+    return ((out - expected).norm() / expected.norm()).item()

@@ -1,5 +1,8 @@
 """The plain-torch references against HF transformers' Llama modules and dense attention."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from kernel_batches import dense_causal_attention, make_batch
@@ -112,3 +115,29 @@ def test_gather_context_follows_block_table():
     cache = torch.arange(6 * 2).view(6, 2, 1, 1).float()
     context = reference.gather_context(cache, torch.tensor([4, 1, 5], dtype=torch.int32), 5)
     assert context.flatten().tolist() == [8, 9, 2, 3, 10]
+
+
+def test_ops_import_and_run_without_triton():
+    """lodger.kernels.ops must import, and its CPU path run, where triton is missing."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail
+        "import torch\n"
+        "from lodger.kernels import ops\n"
+        "x = torch.randn(2, 8)\n"
+        "assert ops.rms_norm(x, torch.ones(8), 1e-6).shape == (2, 8)\n"
+        "assert not ops.use_triton(x)\n"
+        "assert 'lodger.kernels.decode_attention' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_torch_ops_env_keeps_cpu_and_cuda_on_reference(monkeypatch):
+    x = torch.randn(2, 8)
+    assert not ops.use_triton(x)
+    monkeypatch.setenv("LODGER_TORCH_OPS", "1")
+    assert not ops.use_triton(x)
+    if torch.cuda.is_available():
+        assert not ops.use_triton(x.cuda())
+        monkeypatch.setenv("LODGER_TORCH_OPS", "0")
+        assert ops.use_triton(x.cuda())

@@ -1,0 +1,143 @@
+"""Triton paged prefill/extend attention: variable-length query chunks over the paged cache.
+
+Torch reference: lodger.kernels.reference.paged_attention.
+
+The new tokens' K/V are already in the cache (write_kv_cache runs first), so every key is
+read through the block table. Query i of sequence b sits at position
+seq_len - query_len + i and attends to positions <= its own. Program (b, kv_head, tile)
+stacks the GROUP q heads of kv_head over a run of query tokens into one tile of rows
+(row r = query r // GROUP, head r % GROUP), so each K/V tile is loaded once for the whole
+group. Mixed batches (decodes beside long chunks) run in one launch: tiles past a
+sequence's query_len exit at once.
+"""
+
+from dataclasses import dataclass
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from lodger.kernels.attention_metadata import AttentionMetadata
+from lodger.kernels.decode_attention import (
+    LOG2E,
+    check_attention_args,
+    check_out,
+    dot_precision,
+)
+
+
+@dataclass(slots=True)
+class PrefillConfig:
+    """Launch shape (benchmarks sweep it; defaults suit H100 and tests)."""
+
+    block_rows: int = 64  # query rows (tokens x heads of one kv group) per program
+    block_n: int = 64  # context tokens per tile
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
+    out_ptr,
+    scale_log2,
+    stride_qt, stride_qh,
+    stride_cache_block, stride_cache_slot, stride_cache_head,
+    stride_table,
+    stride_ot, stride_oh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    tile = tl.program_id(2)
+    queries_per_tile: tl.constexpr = BLOCK_ROWS // GROUP
+    query_start = tl.load(query_start_ptr + seq)
+    query_len = tl.load(query_start_ptr + seq + 1) - query_start
+    first_query = tile * queries_per_tile
+    if first_query >= query_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_len = seq_len - query_len  # tokens cached before this step's chunk
+
+    rows = tl.arange(0, BLOCK_ROWS)
+    query_index = first_query + rows // GROUP
+    row_mask = (rows < queries_per_tile * GROUP) & (query_index < query_len)
+    heads = kv_head * GROUP + rows % GROUP
+    tokens = (query_start + query_index).to(tl.int64)
+    query_pos = context_len + query_index  # position of each row's query in its sequence
+    dims = tl.arange(0, DIM_PAD)
+    dim_mask = dims < HEAD_DIM
+    q_mask = row_mask[:, None] & dim_mask[None, :]
+    q = tl.load(
+        q_ptr + tokens[:, None] * stride_qt + heads[:, None] * stride_qh + dims[None, :],
+        mask=q_mask, other=0.0,
+    )  # fmt: skip
+
+    m = tl.full([BLOCK_ROWS], -1.0e30, tl.float32)
+    denom = tl.zeros([BLOCK_ROWS], tl.float32)
+    acc = tl.zeros([BLOCK_ROWS, DIM_PAD], tl.float32)
+    table = block_tables_ptr + seq.to(tl.int64) * stride_table
+    head_offset = kv_head * stride_cache_head
+    last_query = tl.minimum(first_query + queries_per_tile, query_len) - 1
+    end = context_len + last_query + 1  # keys past the tile's last query are never seen
+    for tile_start in range(0, end, BLOCK_N):
+        positions = tile_start + tl.arange(0, BLOCK_N)
+        valid = positions < end
+        block_ids = tl.load(table + positions // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        offsets = block_ids * stride_cache_block + (positions % BLOCK_SIZE) * stride_cache_slot
+        offsets = offsets + head_offset
+        kv_mask = valid[:, None] & dim_mask[None, :]
+        k = tl.load(k_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        visible = valid[None, :] & (positions[None, :] <= query_pos[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        denom = denom * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m = m_new
+
+    out = acc / tl.where(denom > 0, denom, 1.0)[:, None]  # 0 only for padding rows
+    out_ptrs = out_ptr + tokens[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=q_mask)
+
+
+def prefill_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    config: PrefillConfig | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Causal attention of q [T, Hq, D] (sequence b's tokens at query_start_loc[b]:[b+1])
+    over each sequence's paged context; any mix of query lengths in one launch. out, if
+    given, is written instead of a new tensor."""
+    config = config or PrefillConfig()
+    num_seqs, num_q_heads, num_kv_heads, head_dim = check_attention_args(q, k_cache, v_cache, meta)
+    group = num_q_heads // num_kv_heads
+    block_rows = max(config.block_rows, triton.next_power_of_2(group))
+    out = check_out(out, q)
+    if num_seqs == 0 or q.shape[0] == 0:
+        return out
+    queries_per_tile = block_rows // group
+    grid = (num_seqs, num_kv_heads, triton.cdiv(meta.max_query_len, queries_per_tile))
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
+        out,
+        scale * LOG2E,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        meta.block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        GROUP=group, HEAD_DIM=head_dim, DIM_PAD=triton.next_power_of_2(head_dim),
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_ROWS=block_rows, BLOCK_N=config.block_n,
+        DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,83 @@
+"""Triton rotary embedding (rotate-half, GPT-NeoX/HF Llama layout) applied to q and k in place.
+
+Torch reference: lodger.kernels.reference.apply_rotary. cos/sin come from the model's
+float32 cos_sin_cache (Llama-3 scaling is already in it); the rotation runs in float32.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _rotate_heads(
+    x_ptr, stride_h, num_heads, cos, sin,
+    HEADS_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+):  # fmt: skip
+    """Rotate the first 2 * HALF dims of every head of one token's [H, D] row, in place."""
+    heads = tl.arange(0, HEADS_PAD)[:, None]
+    dims = tl.arange(0, HALF_PAD)[None, :]
+    mask = (heads < num_heads) & (dims < HALF)
+    first = x_ptr + heads * stride_h + dims
+    x1 = tl.load(first, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(first + HALF, mask=mask, other=0.0).to(tl.float32)
+    dtype = x_ptr.dtype.element_ty
+    tl.store(first, (x1 * cos - x2 * sin).to(dtype), mask=mask)
+    tl.store(first + HALF, (x2 * cos + x1 * sin).to(dtype), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    q_ptr, k_ptr, positions_ptr, cache_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_cache,
+    num_q_heads, num_kv_heads,
+    Q_HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+):  # fmt: skip
+    """One program per token: cos/sin of its position, then all q heads and all k heads."""
+    token = tl.program_id(0).to(tl.int64)
+    position = tl.load(positions_ptr + token)
+    dims = tl.arange(0, HALF_PAD)[None, :]
+    cos = tl.load(cache_ptr + position * stride_cache + dims, mask=dims < HALF, other=0.0)
+    sin = tl.load(cache_ptr + position * stride_cache + HALF + dims, mask=dims < HALF, other=0.0)
+    _rotate_heads(
+        q_ptr + token * stride_qt, stride_qh, num_q_heads, cos, sin, Q_HEADS_PAD, HALF, HALF_PAD
+    )
+    _rotate_heads(
+        k_ptr + token * stride_kt, stride_kh, num_kv_heads, cos, sin, KV_HEADS_PAD, HALF, HALF_PAD
+    )
+
+
+def apply_rotary(
+    q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] (rows may be strided views) in place."""
+    num_tokens, num_q_heads, head_dim = q.shape
+    assert k.dim() == 3 and k.shape[0] == num_tokens and k.shape[2] == head_dim, (
+        f"k must be [{num_tokens}, num_kv_heads, {head_dim}], got {tuple(k.shape)}"
+    )
+    assert q.stride(2) == 1 and k.stride(2) == 1, "q and k must be contiguous in head_dim"
+    assert q.dtype == k.dtype
+    assert positions.shape == (num_tokens,) and positions.dtype == torch.int64, (
+        f"positions must be [{num_tokens}] int64, got {tuple(positions.shape)} {positions.dtype}"
+    )
+    rotary_dim = cos_sin_cache.shape[1]
+    assert cos_sin_cache.dim() == 2 and rotary_dim % 2 == 0 and rotary_dim <= head_dim, (
+        f"cos_sin_cache must be [max_pos, R] with even R <= {head_dim}, "
+        f"got {tuple(cos_sin_cache.shape)}"
+    )
+    assert cos_sin_cache.dtype == torch.float32, "cos_sin_cache must be float32"
+    assert cos_sin_cache.stride(1) == 1 and positions.is_contiguous()
+    if num_tokens == 0:
+        return q, k
+    half = rotary_dim // 2
+    _rotary_kernel[(num_tokens,)](
+        q, k, positions, cos_sin_cache,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
+        num_q_heads, k.shape[1],
+        Q_HEADS_PAD=triton.next_power_of_2(num_q_heads),
+        KV_HEADS_PAD=triton.next_power_of_2(k.shape[1]),
+        HALF=half, HALF_PAD=triton.next_power_of_2(half),
+    )  # fmt: skip
+    return q, k

@@ -1,0 +1,172 @@
+"""Every Triton kernel against its torch reference under the Triton interpreter (CPU).
+
+Not collected by itself: test_triton_interpreted.py runs this file in a fresh Python with
+TRITON_INTERPRET=1, because the variable only takes effect if it is set before triton is
+first imported (and transformers imports triton). The interpreter computes bf16 tl.dot
+wrongly, so float32 and float16 only. Inputs are fresh random draws each run and outputs
+are poisoned with NaN before each launch.
+"""
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("run through test_triton_interpreted.py", allow_module_level=True)
+
+from kernel_batches import make_batch, relative_error
+
+from lodger.kernels import reference
+from lodger.kernels.activation import silu_and_mul
+from lodger.kernels.decode_attention import DecodeConfig, decode_attention
+from lodger.kernels.kv_cache_write import write_kv_cache
+from lodger.kernels.prefill_attention import PrefillConfig, prefill_attention
+from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
+from lodger.kernels.rotary import apply_rotary
+
+DTYPES = [torch.float32, torch.float16]
+# ‖out - ref‖ / ‖ref‖ bounds: float32 math lands far below 1e-5; float16 operands near 1e-3
+ATTENTION_TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3}
+
+
+def nan_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(x, float("nan"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_kv_heads,head_dim", [(1, 64), (3, 128), (8, 64)])
+def test_write_kv_cache(dtype, num_kv_heads, head_dim):
+    num_blocks, block_size, num_tokens = 5, 16, 11
+    cache_shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.randn(cache_shape).to(dtype)
+    v_cache = torch.randn(cache_shape).to(dtype)
+    # k and v as strided views of a packed qkv projection, as the model produces them
+    qkv = torch.randn(num_tokens, (2 + 2 * num_kv_heads) * head_dim).to(dtype)
+    k = qkv[:, 2 * head_dim : (2 + num_kv_heads) * head_dim].view(-1, num_kv_heads, head_dim)
+    v = qkv[:, (2 + num_kv_heads) * head_dim :].view(-1, num_kv_heads, head_dim)
+    # distinct slots, the first two on both sides of a block boundary, two padding tokens
+    others = torch.randperm(num_blocks * block_size - 2)[: num_tokens - 2]
+    slots = torch.cat([torch.tensor([15, 16]), others + 2 * (others >= 15)])
+    slots[[2, 7]] = -1
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    reference.write_kv_cache(k, v, expected_k, expected_v, slots)
+    write_kv_cache(k, v, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, expected_k)
+    assert torch.equal(v_cache, expected_v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_and_fused_add(dtype):
+    num_tokens, hidden = 5, 100  # hidden not a power of two: masked tail
+    wide = torch.randn(num_tokens, hidden + 28).to(dtype)
+    x = wide[:, :hidden]  # strided rows
+    residual = torch.randn(num_tokens, hidden).to(dtype)
+    weight = torch.randn(hidden).to(dtype)
+    tolerance = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {}
+    out = rms_norm(x, weight, 1e-6, out=nan_like(residual))
+    torch.testing.assert_close(out, reference.rms_norm(x, weight, 1e-6), **tolerance)
+    x_before, residual_before = x.clone(), residual.clone()
+    normed, summed = fused_add_rms_norm(
+        x, residual, weight, 1e-6, out=nan_like(residual), summed=nan_like(residual)
+    )
+    expected_normed, expected_summed = reference.fused_add_rms_norm(x, residual, weight, 1e-6)
+    assert torch.equal(summed, expected_summed)
+    torch.testing.assert_close(normed, expected_normed, **tolerance)
+    assert torch.equal(x, x_before) and torch.equal(residual, residual_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rotary_dim", [64, 32])
+def test_apply_rotary_in_place(dtype, rotary_dim):
+    num_tokens, num_q_heads, num_kv_heads, head_dim, max_pos = 7, 6, 2, 64, 300
+    qkv = torch.randn(num_tokens, (num_q_heads + 2 * num_kv_heads) * head_dim).to(dtype)
+    q = qkv[:, : num_q_heads * head_dim].view(num_tokens, num_q_heads, head_dim)
+    k = qkv[:, num_q_heads * head_dim : (num_q_heads + num_kv_heads) * head_dim]
+    k = k.view(num_tokens, num_kv_heads, head_dim)
+    v_before = qkv[:, (num_q_heads + num_kv_heads) * head_dim :].clone()
+    angles = torch.rand(max_pos, rotary_dim // 2) * 100
+    cos_sin_cache = torch.cat([angles.cos(), angles.sin()], dim=-1)
+    positions = torch.randint(0, max_pos, (num_tokens,))
+    expected_q, expected_k = reference.apply_rotary(q.clone(), k.clone(), positions, cos_sin_cache)
+    q_out, k_out = apply_rotary(q, k, positions, cos_sin_cache)
+    assert q_out is q and k_out is k
+    tolerance = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(q, expected_q, **tolerance)
+    torch.testing.assert_close(k, expected_k, **tolerance)
+    assert torch.equal(qkv[:, (num_q_heads + num_kv_heads) * head_dim :], v_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul(dtype):
+    x = torch.randn(3, 2 * 1100).to(dtype)  # two column chunks of 1024, masked tail
+    out = silu_and_mul(x, out=torch.full((3, 1100), float("nan"), dtype=dtype))
+    tolerance = {"rtol": 0, "atol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, reference.silu_and_mul(x), **tolerance)
+
+
+# (num_q_heads, num_kv_heads, head_dim): GQA ratios 1, 4 and 8; head_dim 64 and 128
+ATTENTION_SHAPES = [(4, 4, 64), (8, 2, 128), (8, 1, 64)]
+
+
+def check_attention(out, q, k_cache, v_cache, meta, scale, dtype, num_tokens):
+    assert not out[:num_tokens].isnan().any(), "an output element was not written"
+    expected = reference.paged_attention(q, k_cache, v_cache, meta, scale)
+    error = relative_error(out[:num_tokens], expected[:num_tokens])
+    assert error < ATTENTION_TOLERANCE[dtype], f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_q_heads,num_kv_heads,head_dim", ATTENTION_SHAPES)
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_attention(dtype, num_q_heads, num_kv_heads, head_dim, num_splits):
+    # contexts: one token, block boundaries (16, 17), tile boundaries (64, 65), several tiles
+    seq_lens = [1, 16, 17, 65, 150]
+    q, k_cache, v_cache, meta = make_batch(
+        [1] * len(seq_lens), seq_lens, num_heads=num_q_heads, num_kv_heads=num_kv_heads,
+        head_dim=head_dim, block_size=16, dtype=dtype,
+    )  # fmt: skip
+    scale = head_dim**-0.5
+    out = decode_attention(q, k_cache, v_cache, meta, scale, num_splits=num_splits, out=nan_like(q))
+    check_attention(out, q, k_cache, v_cache, meta, scale, dtype, len(seq_lens))
+
+
+def test_decode_attention_small_tiles_many_splits():
+    """More splits than a short context has tiles: empty splits must merge to nothing."""
+    seq_lens = [3, 40, 97]
+    q, k_cache, v_cache, meta = make_batch(
+        [1, 1, 1], seq_lens, num_heads=8, num_kv_heads=2, head_dim=32, block_size=8,
+        dtype=torch.float32,
+    )  # fmt: skip
+    config = DecodeConfig(block_n=16)
+    out = decode_attention(q, k_cache, v_cache, meta, 0.2, config, num_splits=5, out=nan_like(q))
+    check_attention(out, q, k_cache, v_cache, meta, 0.2, torch.float32, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_q_heads,num_kv_heads,head_dim", ATTENTION_SHAPES)
+def test_prefill_attention_mixed_batch(dtype, num_q_heads, num_kv_heads, head_dim):
+    # a fresh prompt, decodes, a chunk extending a cached context across block boundaries
+    query_lens = [23, 1, 1, 9, 37]
+    seq_lens = [23, 1, 50, 40, 70]
+    q, k_cache, v_cache, meta = make_batch(
+        query_lens, seq_lens, num_heads=num_q_heads, num_kv_heads=num_kv_heads,
+        head_dim=head_dim, block_size=16, dtype=dtype,
+    )  # fmt: skip
+    scale = head_dim**-0.5
+    padded = torch.cat([q, torch.randn(2, *q.shape[1:]).to(dtype)])  # 2 padding tokens
+    out = prefill_attention(padded, k_cache, v_cache, meta, scale, out=nan_like(padded))
+    check_attention(out, q, k_cache, v_cache, meta, scale, dtype, sum(query_lens))
+    assert out[sum(query_lens) :].isnan().all(), "padding rows must not be written"
+
+
+def test_prefill_attention_group_not_dividing_tile():
+    """GQA ratio 3 and small tiles: tiles hold 5 queries x 3 heads and a masked 16th row."""
+    query_lens, seq_lens = [12, 1, 20], [30, 7, 20]
+    q, k_cache, v_cache, meta = make_batch(
+        query_lens, seq_lens, num_heads=6, num_kv_heads=2, head_dim=32, block_size=4,
+        dtype=torch.float32,
+    )  # fmt: skip
+    config = PrefillConfig(block_rows=16, block_n=16)
+    out = prefill_attention(q, k_cache, v_cache, meta, 0.3, config, out=nan_like(q))
+    check_attention(out, q, k_cache, v_cache, meta, 0.3, torch.float32, sum(query_lens))
