@@ -2,6 +2,10 @@
 
 Each directory is built once per test session under pytest's tmp_path_factory, so
 nothing is downloaded. Import helpers with `from checkpoints import build_checkpoint`.
+
+Torch runs single-threaded in tests (LODGER_TEST_THREADS overrides): the tiny models gain
+nothing from threads, and on a busy machine spinning OpenMP threads made the suite ~2x
+slower.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(int(os.environ.get("LODGER_TEST_THREADS", "1")))
 
 from checkpoints import FAMILIES, build_checkpoint, train_tokenizer  # noqa: E402
 

@@ -1,0 +1,212 @@
+"""Build one step's model inputs from a SchedulerOutput, vectorised.
+
+Per request there is one short Python pass (read its counters, take its new token ids,
+copy block ids the runner has not seen yet); everything per token is numpy. All arrays
+are written into one host byte buffer (pinned on CUDA) and sent to the device with a
+single copy; the device tensors are views of that one allocation.
+
+Block tables persist across steps: each live request owns a row of a host array and only
+blocks appended since the last step are copied in. A request whose blocks may have been
+replaced (preempted, or its computed tokens not where the last step left them) has its
+row rewritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lodger.kernels.attention_metadata import AttentionMetadata
+
+
+@dataclass(slots=True)
+class StepInputs:
+    input_ids: Tensor  # [T] int64, the new tokens of every scheduled request, in batch order
+    positions: Tensor  # [T] int64, each new token's position in its sequence
+    meta: AttentionMetadata  # slot mapping, query_start_loc, seq_lens, block tables
+    logits_indices: Tensor  # [N] int64, rows of the hidden states whose next token is sampled
+    sample_rows: list[int]  # [N] batch indices of the requests that sample this step
+    num_tokens: int  # T
+
+
+@dataclass(slots=True)
+class _Row:
+    index: int  # row of InputBuilder.block_table owned by the request
+    num_blocks: int  # leading block ids of the request copied into the row
+    num_preemptions: int  # the request's count when the row was last written
+    next_num_computed: int  # num_computed_tokens expected at its next schedule
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class InputBuilder:
+    """Keeps per-request block-table rows and builds StepInputs for each step."""
+
+    def __init__(
+        self, block_size: int, max_model_len: int, max_num_seqs: int,
+        max_num_batched_tokens: int, device: torch.device,
+    ):
+        self.block_size = block_size
+        self.device = device
+        self.max_blocks_per_seq = cdiv(max_model_len, block_size)
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.block_table = np.zeros((max_num_seqs, self.max_blocks_per_seq), dtype=np.int32)
+        self.rows: dict[str, _Row] = {}
+        self.free_rows = list(range(max_num_seqs - 1, -1, -1))
+        # int64: 3 per token + 1 per request; int32: block table + query_start_loc + seq_lens
+        max_bytes = 8 * (3 * max_num_batched_tokens + max_num_seqs)
+        max_bytes += 4 * (max_num_seqs * (self.max_blocks_per_seq + 2) + 1)
+        pin = device.type == "cuda"
+        self.host_buffer = torch.empty(max_bytes, dtype=torch.uint8, pin_memory=pin).numpy()
+        # CUDA: recorded after each host->device copy; the host buffer is rewritten only
+        # once the previous copy has run (a step without sampling has no other sync).
+        self.copy_done = None
+
+    def drop(self, request_ids) -> None:
+        """Forget finished requests; their rows are reused."""
+        for request_id in request_ids:
+            row = self.rows.pop(request_id, None)
+            if row is not None:
+                self.free_rows.append(row.index)
+
+    def _new_row(self, request_id: str) -> _Row:
+        if not self.free_rows:  # preempted requests keep their rows: grow
+            old = self.block_table
+            self.block_table = np.zeros((2 * old.shape[0], old.shape[1]), dtype=np.int32)
+            self.block_table[: old.shape[0]] = old
+            self.free_rows = list(range(self.block_table.shape[0] - 1, old.shape[0] - 1, -1))
+        row = _Row(self.free_rows.pop(), 0, -1, -1)
+        self.rows[request_id] = row
+        return row
+
+    def _sync_row(self, request, row: _Row) -> None:
+        """Copy the request's new block ids into its row (all of them if it was reset)."""
+        block_ids = request.block_ids
+        num_blocks = len(block_ids)
+        if (
+            row.num_preemptions != request.num_preemptions
+            or row.next_num_computed != request.num_computed_tokens
+            or num_blocks < row.num_blocks
+        ):
+            self.block_table[row.index] = 0
+            row.num_blocks = 0
+            row.num_preemptions = request.num_preemptions
+        if num_blocks > row.num_blocks:
+            assert num_blocks <= self.max_blocks_per_seq, (
+                f"request {request.request_id!r} has {num_blocks} blocks, more than "
+                f"max_model_len allows ({self.max_blocks_per_seq})"
+            )
+            self.block_table[row.index, row.num_blocks : num_blocks] = block_ids[row.num_blocks :]
+            row.num_blocks = num_blocks
+
+    def prepare(self, scheduled: list, num_scheduled_tokens: list[int]) -> StepInputs:
+        """StepInputs for `scheduled` requests computing `num_scheduled_tokens` each."""
+        num_reqs = len(scheduled)
+        assert num_reqs > 0 and len(num_scheduled_tokens) == num_reqs
+        token_ids: list[int] = []
+        row_indices = [0] * num_reqs
+        num_computed = [0] * num_reqs
+        num_tokens = [0] * num_reqs
+        num_blocks = [0] * num_reqs
+        rows = self.rows
+        for i, (request, num_new) in enumerate(zip(scheduled, num_scheduled_tokens, strict=True)):
+            row = rows.get(request.request_id) or self._new_row(request.request_id)
+            computed = request.num_computed_tokens
+            self._sync_row(request, row)
+            row.next_num_computed = computed + num_new
+            row_indices[i] = row.index
+            num_computed[i] = computed
+            num_tokens[i] = len(request.all_token_ids)
+            num_blocks[i] = row.num_blocks
+            if num_new == 1:
+                token_ids.append(request.all_token_ids[computed])
+            else:
+                token_ids.extend(request.all_token_ids[computed : computed + num_new])
+        return self._build(
+            token_ids, row_indices, num_computed, num_tokens, num_blocks, num_scheduled_tokens
+        )
+
+    def _build(
+        self, token_ids, row_indices, num_computed, num_tokens, num_blocks, num_scheduled_tokens
+    ) -> StepInputs:
+        num_reqs, total = len(row_indices), len(token_ids)
+        assert total <= self.max_num_batched_tokens, (
+            f"{total} tokens scheduled, more than max_num_batched_tokens "
+            f"{self.max_num_batched_tokens}"
+        )
+        num_new = np.array(num_scheduled_tokens, dtype=np.int64)
+        computed = np.array(num_computed, dtype=np.int64)
+        seq_lens = computed + num_new
+        assert (num_new > 0).all() and (seq_lens <= np.array(num_tokens)).all(), (
+            "each scheduled request computes at least one token and at most up to its end"
+        )
+        assert (np.array(num_blocks) * self.block_size >= seq_lens).all(), (
+            "a scheduled request has fewer blocks than its tokens need"
+        )
+        samples = seq_lens == np.array(num_tokens, dtype=np.int64)
+        sample_rows = np.flatnonzero(samples)
+        max_seq_len = int(seq_lens.max())
+        width = cdiv(max_seq_len, self.block_size)
+        num_samples = len(sample_rows)
+
+        # Lay out the host buffer: int64 [ids T | positions T | slots T | logits idx N],
+        # then int32 [query_start_loc B+1 | seq_lens B | block tables B*W].
+        num_int64 = 3 * total + num_samples
+        num_int32 = 2 * num_reqs + 1 + num_reqs * width
+        num_bytes = 8 * num_int64 + 4 * num_int32
+        if self.copy_done is not None:
+            self.copy_done.synchronize()
+        buffer = self.host_buffer[:num_bytes]
+        int64 = buffer[: 8 * num_int64].view(np.int64)
+        int32 = buffer[8 * num_int64 :].view(np.int32)
+        ids, positions, slots = (int64[i * total : (i + 1) * total] for i in range(3))
+        logits_indices = int64[3 * total :]
+        query_start_loc = int32[: num_reqs + 1]
+        seq_lens_out = int32[num_reqs + 1 : 2 * num_reqs + 1]
+        tables = int32[2 * num_reqs + 1 :].reshape(num_reqs, width)
+
+        ids[:] = token_ids
+        query_start_loc[0] = 0
+        np.cumsum(num_new, out=query_start_loc[1:])
+        seq_lens_out[:] = seq_lens
+        np.take(self.block_table[:, :width], row_indices, axis=0, out=tables)
+        if total == num_reqs:  # decode only: one token per request
+            positions[:] = computed
+            request_of_token = np.arange(num_reqs)
+        else:
+            starts = query_start_loc[:-1].astype(np.int64)
+            request_of_token = np.repeat(np.arange(num_reqs), num_new)
+            positions[:] = np.arange(total) - np.repeat(starts - computed, num_new)
+        block_index = positions // self.block_size
+        slots[:] = tables[request_of_token, block_index]
+        slots *= self.block_size
+        slots += positions - block_index * self.block_size
+        logits_indices[:] = query_start_loc[1:][sample_rows] - 1
+
+        device_buffer = torch.from_numpy(buffer).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self.copy_done = torch.cuda.Event()
+            self.copy_done.record()
+        int64_t = device_buffer[: 8 * num_int64].view(torch.int64)
+        int32_t = device_buffer[8 * num_int64 :].view(torch.int32)
+        meta = AttentionMetadata(
+            slot_mapping=int64_t[2 * total : 3 * total],
+            query_start_loc=int32_t[: num_reqs + 1],
+            seq_lens=int32_t[num_reqs + 1 : 2 * num_reqs + 1],
+            block_tables=int32_t[2 * num_reqs + 1 :].view(num_reqs, width),
+            max_query_len=int(num_new.max()),
+            max_seq_len=max_seq_len,
+        )
+        return StepInputs(
+            input_ids=int64_t[:total],
+            positions=int64_t[total : 2 * total],
+            meta=meta,
+            logits_indices=int64_t[3 * total :],
+            sample_rows=sample_rows.tolist(),
+            num_tokens=total,
+        )

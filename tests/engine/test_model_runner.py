@@ -1,0 +1,209 @@
+"""ModelRunner.execute on hand-built SchedulerOutputs, against transformers' argmax."""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import pytest
+import torch
+
+from lodger.engine.config import EngineConfig
+from lodger.engine.model_config import ModelConfig
+from lodger.engine.model_runner import CPU_KV_CACHE_BYTES, ModelRunner
+from lodger.engine.request import Request
+from lodger.engine.sampling_params import SamplingParams
+from lodger.engine.scheduler import SchedulerOutput
+
+BLOCK_SIZE = 4
+NUM_BLOCKS = 64
+GREEDY = SamplingParams(temperature=0.0, max_tokens=None)
+
+
+@functools.cache
+def hf_model(model_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    return model.eval()
+
+
+def hf_next_logits(model_dir, token_ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return hf_model(str(model_dir))(torch.tensor([token_ids])).logits[0, -1]
+
+
+def make_runner(model_dir, init_kv_cache=True, **options) -> ModelRunner:
+    options = {"block_size": BLOCK_SIZE, "num_kv_blocks": NUM_BLOCKS, "max_num_seqs": 8,
+               "max_num_batched_tokens": 64, "device": "cpu", "dtype": "float32", **options}
+    config = EngineConfig(model=str(model_dir), **options)
+    runner = ModelRunner(config, ModelConfig.from_pretrained(model_dir), torch.device("cpu"),
+                         torch.float32)
+    if init_kv_cache:
+        runner.init_kv_cache(runner.profile_num_kv_blocks())
+    return runner
+
+
+class Blocks:
+    """Hands out shuffled block ids (never the null block 0) to requests as they grow."""
+
+    def __init__(self, seed: int = 0):
+        self.free = list(range(1, NUM_BLOCKS))
+        random.Random(seed).shuffle(self.free)
+
+    def cover(self, request: Request, num_tokens: int) -> None:
+        while len(request.block_ids) * BLOCK_SIZE < num_tokens:
+            request.block_ids.append(self.free.pop())
+
+    def release(self, request: Request) -> None:
+        self.free.extend(request.block_ids)
+        request.block_ids = []
+
+
+def make_request(request_id: str, prompt: list[int], params=GREEDY) -> Request:
+    return Request(request_id, list(prompt), params, eos_token_id=None, arrival_time=0.0)
+
+
+def step(runner, blocks: Blocks, batch: list[tuple[Request, int]], finished=()):
+    """Schedule (request, num_new_tokens) pairs, execute, apply like Scheduler.update."""
+    for request, num_new in batch:
+        blocks.cover(request, request.num_computed_tokens + num_new)
+    out = SchedulerOutput(
+        scheduled=[r for r, _ in batch],
+        num_scheduled_tokens=[n for _, n in batch],
+        total_num_scheduled_tokens=sum(n for _, n in batch),
+        finished_request_ids=set(finished),
+        num_preemptions=0,
+    )
+    result = runner.execute(out)
+    assert len(result.sampled_token_ids) == len(batch) == len(result.logprobs)
+    for (request, num_new), token_id in zip(batch, result.sampled_token_ids, strict=True):
+        request.num_computed_tokens += num_new
+        if token_id is not None:
+            request.append_output_token(token_id)
+    return result
+
+
+def prompts(model_dir, lengths, seed=0) -> list[list[int]]:
+    vocab_size = ModelConfig.from_pretrained(model_dir).vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab_size, (n,), generator=gen).tolist() for n in lengths]
+
+
+def test_greedy_tokens_equal_transformers_argmax(model_dir):
+    runner = make_runner(model_dir)
+    blocks = Blocks()
+    a, b, c = (make_request(str(i), p) for i, p in enumerate(prompts(model_dir, [10, 23, 6])))
+    first = step(runner, blocks, [(a, 10), (b, 9)])  # b: a mid-prompt chunk
+    assert first.sampled_token_ids[1] is None and first.sampled_token_ids[0] is not None
+    step(runner, blocks, [(a, 1), (b, 14), (c, 3)])  # c mid-prompt; b's last chunk
+    for _ in range(5):
+        step(runner, blocks, [(a, 1), (b, 1), (c, 1) if c.num_computed_tokens >= 6 else (c, 3)])
+    for request in (a, b, c):
+        assert request.num_output_tokens >= 5
+        for i in range(request.num_output_tokens):
+            context = request.all_token_ids[: request.num_prompt_tokens + i]
+            expected = int(hf_next_logits(model_dir, context).argmax())
+            assert request.output_token_ids[i] == expected, (request.request_id, i)
+
+
+def test_logprobs_of_sampled_and_top_tokens(qwen3_dir):
+    runner = make_runner(qwen3_dir)
+    blocks = Blocks()
+    (prompt,) = prompts(qwen3_dir, [9])
+    asks = make_request("asks", prompt, SamplingParams(temperature=0.0, logprobs=3))
+    plain = make_request("plain", prompt)
+    result = step(runner, blocks, [(asks, 9), (plain, 9)])
+    assert result.logprobs[1] is None
+    position = result.logprobs[0]
+    expected = torch.log_softmax(hf_next_logits(qwen3_dir, prompt), dim=-1)
+    top = expected.topk(3)
+    token_id = result.sampled_token_ids[0]
+    assert token_id == int(top.indices[0]) and list(position)[0] == token_id
+    assert list(position) == top.indices.tolist()  # greedy: the sampled token is the top one
+    for rank, (tid, logprob) in enumerate(position.items(), start=1):
+        assert logprob.rank == rank
+        assert logprob.logprob == pytest.approx(float(expected[tid]), abs=1e-4)
+
+
+def test_preempted_request_recomputes_with_new_blocks(llama_dir):
+    runner = make_runner(llama_dir)
+    blocks = Blocks(seed=1)
+    (prompt,) = prompts(llama_dir, [7], seed=2)
+    request = make_request("r", prompt)
+    step(runner, blocks, [(request, 7)])
+    step(runner, blocks, [(request, 1)])
+    # preempted: blocks freed, recomputed from scratch (prompt + outputs) in other blocks
+    blocks.release(request)
+    blocks.free.reverse()
+    request.num_computed_tokens = 0
+    request.num_preemptions += 1
+    step(runner, blocks, [(request, 5)])
+    step(runner, blocks, [(request, request.num_tokens - 5)])
+    step(runner, blocks, [(request, 1)])
+    for i in range(request.num_output_tokens):
+        context = request.all_token_ids[: request.num_prompt_tokens + i]
+        assert request.output_token_ids[i] == int(hf_next_logits(llama_dir, context).argmax())
+
+
+def test_finished_requests_drop_runner_state(llama_dir):
+    runner = make_runner(llama_dir)
+    blocks = Blocks()
+    seeded = SamplingParams(temperature=1.0, seed=7)
+    a, b = (make_request(str(i), p, seeded) for i, p in enumerate(prompts(llama_dir, [5, 6])))
+    step(runner, blocks, [(a, 5), (b, 6)])
+    assert set(runner.generators) == {"0", "1"} and set(runner.inputs.rows) == {"0", "1"}
+    step(runner, blocks, [(b, 1)], finished={"0"})
+    assert set(runner.generators) == {"1"} and set(runner.inputs.rows) == {"1"}
+
+
+def test_seeded_request_same_tokens_alone_or_batched(llama_dir):
+    def run(with_neighbour: bool) -> list[int]:
+        runner = make_runner(llama_dir)
+        blocks = Blocks()
+        p1, p2 = prompts(llama_dir, [8, 5], seed=3)
+        seeded = make_request("s", p1, SamplingParams(temperature=1.0, seed=123))
+        other = make_request("o", p2, SamplingParams(temperature=1.0))
+        for i in range(4):
+            batch = [(seeded, 8 if i == 0 else 1)]
+            if with_neighbour:
+                batch.append((other, 5 if i == 0 else 1))
+            step(runner, blocks, batch)
+        return seeded.output_token_ids
+
+    assert run(False) == run(True)
+
+
+def test_cpu_kv_block_count(llama_dir):
+    runner = make_runner(llama_dir, num_kv_blocks=None, max_num_seqs=3, max_model_len=100)
+    assert runner.profile_num_kv_blocks() == 3 * 25 + 1
+    assert runner.kv_cache.shape[2] == 3 * 25 + 1
+    k_cache, v_cache = runner.kv_caches[1]
+    assert k_cache.data_ptr() != v_cache.data_ptr()
+    assert k_cache.shape == (76, BLOCK_SIZE, 2, 16)
+    big = make_runner(llama_dir, False, num_kv_blocks=None, max_num_seqs=20000)
+    assert big.profile_num_kv_blocks() * big.bytes_per_block <= CPU_KV_CACHE_BYTES
+
+
+def test_input_preparation_layout(llama_dir):
+    runner = make_runner(llama_dir)
+    blocks = Blocks()
+    a, b = (make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [6, 9])))
+    for request, n in ((a, 6), (b, 7)):
+        blocks.cover(request, n)
+    a.num_computed_tokens = 5  # a: one new token at position 5; b: a 7-token chunk
+    out = SchedulerOutput([a, b], [1, 7], 8, set(), 0)
+    inputs = runner.prepare_inputs(out)
+    assert inputs.input_ids.tolist() == a.all_token_ids[5:6] + b.all_token_ids[:7]
+    assert inputs.positions.tolist() == [5, *range(7)]
+    slots = [a.block_ids[1] * BLOCK_SIZE + 1] + [
+        b.block_ids[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(7)
+    ]
+    assert inputs.meta.slot_mapping.tolist() == slots
+    assert inputs.meta.query_start_loc.tolist() == [0, 1, 8]
+    assert inputs.meta.seq_lens.tolist() == [6, 7]
+    assert inputs.meta.block_tables.tolist() == [a.block_ids, b.block_ids]
+    assert inputs.meta.max_query_len == 7 and inputs.meta.max_seq_len == 7
+    assert inputs.sample_rows == [0] and inputs.logits_indices.tolist() == [0]
