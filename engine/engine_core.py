@@ -119,8 +119,8 @@ class EngineCore:
             self.scheduler.finish_request(child_id, RequestStatus.FINISHED_ABORTED)
             self.stats_counters.num_aborted += 1
 
-    def _finish_stopped(self, child_id: str) -> None:
-        self.scheduler.finish_request(child_id, RequestStatus.FINISHED_STOPPED)
+    def _finish_stopped(self, child_id: str, stop_str: str) -> None:
+        self.scheduler.finish_request(child_id, RequestStatus.FINISHED_STOPPED, stop_str)
 
     # ---- the loop -------------------------------------------------------------------------
 

@@ -52,9 +52,9 @@ class RequestState:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Tokenizer, finish_in_scheduler: Callable[[str], None]):
+    def __init__(self, tokenizer: Tokenizer, finish_in_scheduler: Callable[[str, str], None]):
         self.tokenizer = tokenizer
-        # called with a child id when a stop string ends it, so its blocks are freed at once
+        # called with a child id and the stop string that ends it, so its blocks are freed at once
         self.finish_in_scheduler = finish_in_scheduler
         self.states: dict[str, RequestState] = {}  # user's request id -> state
         self.parent_of: dict[str, str] = {}  # child id -> user's request id
@@ -136,10 +136,12 @@ class OutputProcessor:
         # the scheduler stops only on tokens (EOS, stop_token_ids); like vLLM, their text is
         # left out unless include_stop_str_in_output
         hides_stop_token = finish_reason == "stop" and not state.params.include_stop_str_in_output
-        text, stop_str = ("", None) if hides_stop_token else sample.detokenizer.add([new_token_id])
-        if stop_str is not None and finish_reason is None:
+        new_ids = [] if hides_stop_token else [new_token_id]
+        text, stop_str = sample.detokenizer.add(new_ids, finished=finish_reason is not None)
+        if stop_str is not None:
+            if finish_reason is None:
+                self.finish_in_scheduler(request.request_id, stop_str)
             finish_reason, stop_reason = "stop", stop_str
-            self.finish_in_scheduler(request.request_id)
         logprobs = None
         if state.params.logprobs is not None:
             position = logprobs_by_child[request.request_id]
