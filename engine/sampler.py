@@ -61,10 +61,13 @@ class SamplingMetadata:
         requests: Sequence[Request],
         device: torch.device | str,
         generators: dict[str, torch.Generator],
+        token_cache: TokenIdCache | None = None,
     ) -> SamplingMetadata:
         """Build the step's metadata. `generators` maps request id -> generator and is kept by
         the caller across steps: a seeded request's generator is created from its seed on its
         first sampled step and then advanced by each draw (drop it when the request finishes).
+        `token_cache` (optional, kept likewise) makes the penalties' token tensors cost only the
+        tokens added since the last step instead of the whole prompt and output.
         """
         device = torch.device(device)
         params = [request.sampling_params for request in requests]
@@ -72,55 +75,26 @@ class SamplingMetadata:
         greedy = [p.is_greedy for p in params]
         num_greedy = sum(greedy)
         random_params = [p for p, g in zip(params, greedy, strict=True) if not g]
-        floats = _float_rows(params, greedy)
-        on_device = torch.tensor(floats, dtype=torch.float32).to(device)
-        temperature, top_p, min_p, presence, frequency, repetition = on_device.unbind(0)
-        use_top_k = any(p.top_k > 0 for p in random_params)
+        floats = torch.tensor(_float_rows(params, greedy), dtype=torch.float32).to(device)
+        temperature, top_p, min_p, presence, frequency, repetition = floats.unbind(0)
         has_penalties = any(p.has_penalties for p in params)
-        has_repetition = any(p.repetition_penalty != 1 for p in params)
         logprobs = [p.logprobs for p in params if p.logprobs is not None]
+        output_ids, prompt_ids = _penalty_token_ids(requests, device, token_cache)
         return cls(
             num_rows=num_rows,
             all_greedy=num_greedy == num_rows,
             all_random=num_greedy == 0,
-            greedy_mask=(
-                torch.tensor(greedy, dtype=torch.bool).to(device)
-                if 0 < num_greedy < num_rows
-                else None
-            ),
+            greedy_mask=(torch.tensor(greedy).to(device) if 0 < num_greedy < num_rows else None),
             temperature=temperature if any(p.temperature != 1 for p in random_params) else None,
-            top_k=(
-                torch.tensor([0 if g else p.top_k for p, g in zip(params, greedy, strict=True)]).to(
-                    device
-                )
-                if use_top_k
-                else None
-            ),
+            top_k=_top_k(params, greedy, device) if any(p.top_k for p in random_params) else None,
             max_top_k=max((p.top_k for p in random_params), default=0),
             top_p=top_p if any(p.top_p < 1 for p in random_params) else None,
             min_p=min_p if any(p.min_p > 0 for p in random_params) else None,
             presence_penalties=presence if has_penalties else None,
             frequency_penalties=frequency if has_penalties else None,
             repetition_penalties=repetition if has_penalties else None,
-            output_token_ids=(
-                _padded(
-                    [r.output_token_ids if p.has_penalties else [] for r, p in _pairs(requests)],
-                    device,
-                )
-                if has_penalties
-                else None
-            ),
-            prompt_token_ids=(
-                _padded(
-                    [
-                        r.prompt_token_ids if p.repetition_penalty != 1 else []
-                        for r, p in _pairs(requests)
-                    ],
-                    device,
-                )
-                if has_repetition
-                else None
-            ),
+            output_token_ids=output_ids,
+            prompt_token_ids=prompt_ids,
             banned_token_ids=_banned_token_ids(requests, device),
             generators=_row_generators(requests, greedy, device, generators),
             max_num_logprobs=max(logprobs) if logprobs else None,
@@ -280,10 +254,39 @@ def _float_rows(params, greedy: list[bool]) -> list[list[float]]:
     return rows
 
 
-def _padded(lists: list[list[int]], device: torch.device) -> Tensor:
-    width = max((len(ids) for ids in lists), default=0)
-    array = np.full((len(lists), width), PAD_TOKEN_ID, dtype=np.int64)
-    for row, ids in enumerate(lists):
+def _top_k(params, greedy: list[bool], device: torch.device) -> Tensor:
+    return torch.tensor([0 if g else p.top_k for p, g in zip(params, greedy, strict=True)]).to(
+        device
+    )
+
+
+def _penalty_token_ids(
+    requests: Sequence[Request], device: torch.device, cache: TokenIdCache | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Padded output ids of rows with any penalty (None if no row has one) and padded prompt
+    ids of rows with a repetition penalty (None if no row has one)."""
+    if not any(r.sampling_params.has_penalties for r in requests):
+        return None, None
+    outputs, prompts = [], []
+    for request, p in _pairs(requests):
+        outputs.append(_output_ids(request, cache) if p.has_penalties else [])
+        prompts.append(_prompt_ids(request, cache) if p.repetition_penalty != 1 else [])
+    return _padded(outputs, device), _padded(prompts, device) if any(map(len, prompts)) else None
+
+
+def _output_ids(request: Request, cache: TokenIdCache | None):
+    return request.output_token_ids if cache is None else cache.output_ids(request)
+
+
+def _prompt_ids(request: Request, cache: TokenIdCache | None):
+    return request.prompt_token_ids if cache is None else cache.prompt_ids(request)
+
+
+def _padded(rows: list, device: torch.device) -> Tensor:
+    """Token id rows (lists or int64 arrays) -> [N, longest] int64 padded with -1."""
+    width = max((len(ids) for ids in rows), default=0)
+    array = np.full((len(rows), width), PAD_TOKEN_ID, dtype=np.int64)
+    for row, ids in enumerate(rows):
         array[row, : len(ids)] = ids
     return torch.from_numpy(array).to(device)
 
@@ -320,3 +323,50 @@ def _row_generators(
             generators[request.request_id] = generator
         rows[row] = generator
     return rows
+
+
+@dataclass(slots=True)
+class _CachedIds:
+    prompt_source: list[int]  # the request's prompt list, to notice a reused request id
+    prompt: np.ndarray  # the prompt as int64
+    output: np.ndarray  # int64 buffer; its first num_output entries are the output so far
+    num_output: int = 0
+
+
+class TokenIdCache:
+    """Per-request int64 copies of prompt and output ids for the penalties, kept across steps
+    so each step converts only the new output tokens. Drop finished requests with drop()."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _CachedIds] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def prompt_ids(self, request: Request) -> np.ndarray:
+        return self._entry(request).prompt
+
+    def output_ids(self, request: Request) -> np.ndarray:
+        entry = self._entry(request)
+        output = request.output_token_ids
+        if len(output) < entry.num_output:  # never expected: outputs only grow
+            entry.num_output = 0
+        if len(output) > len(entry.output):
+            grown = np.empty(max(2 * len(entry.output), len(output), 16), dtype=np.int64)
+            grown[: entry.num_output] = entry.output[: entry.num_output]
+            entry.output = grown
+        entry.output[entry.num_output : len(output)] = output[entry.num_output :]
+        entry.num_output = len(output)
+        return entry.output[: entry.num_output]
+
+    def drop(self, request_ids) -> None:
+        for request_id in request_ids:
+            self._entries.pop(request_id, None)
+
+    def _entry(self, request: Request) -> _CachedIds:
+        entry = self._entries.get(request.request_id)
+        if entry is None or entry.prompt_source is not request.prompt_token_ids:
+            prompt = np.array(request.prompt_token_ids, dtype=np.int64)
+            entry = _CachedIds(request.prompt_token_ids, prompt, np.empty(0, dtype=np.int64))
+            self._entries[request.request_id] = entry
+        return entry

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lodger.engine.request import Request
-from lodger.engine.sampler import Sampler, SamplingMetadata, apply_penalties
+from lodger.engine.sampler import Sampler, SamplingMetadata, TokenIdCache, apply_penalties
 from lodger.engine.sampling_params import SamplingParams
 
 EOS = 0
@@ -253,6 +253,29 @@ def test_ids_outside_the_vocabulary_are_ignored():
     request = make_request("a", params, prompt=[1, 99], output=[2, 70])
     logits = torch.tensor([[0.0, 1.8, 1.6, 1.0]])
     assert sample([request], logits).token_ids.tolist() == [3]  # 1.8/2, 1.6/2 < 1; EOS banned
+
+
+def test_token_cache_gives_the_same_penalty_inputs():
+    cache = TokenIdCache()
+    params = SamplingParams(repetition_penalty=1.2, presence_penalty=0.5)
+    requests = [
+        make_request("a", params, prompt=[4, 5, 6]),
+        make_request("b", SamplingParams(), prompt=[1]),
+        make_request("c", params.clone(repetition_penalty=1.0), prompt=[9, 9]),
+    ]
+    for step in range(40):  # past the cache's first buffer sizes
+        cached = SamplingMetadata.from_requests(requests, "cpu", {}, token_cache=cache)
+        plain = SamplingMetadata.from_requests(requests, "cpu", {})
+        assert torch.equal(cached.output_token_ids, plain.output_token_ids), step
+        assert torch.equal(cached.prompt_token_ids, plain.prompt_token_ids), step
+        for request in requests:
+            request.append_output_token(step % 7)
+    assert len(cache) == 2  # "b" has no penalty and was never cached
+    reused = make_request("a", params, prompt=[7, 8])  # a new request under an old id
+    meta = SamplingMetadata.from_requests([reused], "cpu", {}, token_cache=cache)
+    assert meta.prompt_token_ids.tolist() == [[7, 8]] and meta.output_token_ids.shape == (1, 0)
+    cache.drop(["a", "c", "unknown"])
+    assert len(cache) == 0
 
 
 # ---- logprobs and the caller's tensor ------------------------------------------------------
