@@ -57,6 +57,7 @@ class InputBuilder:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.block_table = np.zeros((max_num_seqs, self.max_blocks_per_seq), dtype=np.int32)
         self.rows: dict[str, _Row] = {}
+        self.row_num_blocks = np.zeros(max_num_seqs, dtype=np.int64)  # block ids in each row
         self.free_rows = list(range(max_num_seqs - 1, -1, -1))
         # int64: 3 per token + 1 per request; int32: block table + query_start_loc + seq_lens
         max_bytes = 8 * (3 * max_num_batched_tokens + max_num_seqs)
@@ -79,13 +80,16 @@ class InputBuilder:
             old = self.block_table
             self.block_table = np.zeros((2 * old.shape[0], old.shape[1]), dtype=np.int32)
             self.block_table[: old.shape[0]] = old
+            self.row_num_blocks = np.concatenate([self.row_num_blocks, self.row_num_blocks * 0])
             self.free_rows = list(range(self.block_table.shape[0] - 1, old.shape[0] - 1, -1))
         row = _Row(self.free_rows.pop(), 0, -1, -1)
         self.rows[request_id] = row
         return row
 
-    def _sync_row(self, request, row: _Row) -> None:
+    def _sync_row(self, request, row: _Row | None) -> _Row:
         """Copy the request's new block ids into its row (all of them if it was reset)."""
+        if row is None:
+            row = self._new_row(request.request_id)
         block_ids = request.block_ids
         num_blocks = len(block_ids)
         if (
@@ -93,7 +97,7 @@ class InputBuilder:
             or row.next_num_computed != request.num_computed_tokens
             or num_blocks < row.num_blocks
         ):
-            self.block_table[row.index] = 0
+            self.block_table[row.index, : row.num_blocks] = 0
             row.num_blocks = 0
             row.num_preemptions = request.num_preemptions
         if num_blocks > row.num_blocks:
@@ -103,36 +107,44 @@ class InputBuilder:
             )
             self.block_table[row.index, row.num_blocks : num_blocks] = block_ids[row.num_blocks :]
             row.num_blocks = num_blocks
+        self.row_num_blocks[row.index] = num_blocks
+        return row
 
     def prepare(self, scheduled: list, num_scheduled_tokens: list[int]) -> StepInputs:
         """StepInputs for `scheduled` requests computing `num_scheduled_tokens` each."""
-        num_reqs = len(scheduled)
-        assert num_reqs > 0 and len(num_scheduled_tokens) == num_reqs
+        assert scheduled and len(num_scheduled_tokens) == len(scheduled)
         token_ids: list[int] = []
-        row_indices = [0] * num_reqs
-        num_computed = [0] * num_reqs
-        num_tokens = [0] * num_reqs
-        num_blocks = [0] * num_reqs
-        rows = self.rows
-        for i, (request, num_new) in enumerate(zip(scheduled, num_scheduled_tokens, strict=True)):
-            row = rows.get(request.request_id) or self._new_row(request.request_id)
-            computed = request.num_computed_tokens
-            self._sync_row(request, row)
-            row.next_num_computed = computed + num_new
-            row_indices[i] = row.index
-            num_computed[i] = computed
-            num_tokens[i] = len(request.all_token_ids)
-            num_blocks[i] = row.num_blocks
-            if num_new == 1:
-                token_ids.append(request.all_token_ids[computed])
-            else:
-                token_ids.extend(request.all_token_ids[computed : computed + num_new])
-        return self._build(
-            token_ids, row_indices, num_computed, num_tokens, num_blocks, num_scheduled_tokens
+        row_indices: list[int] = []
+        num_computed: list[int] = []
+        num_tokens: list[int] = []
+        rows_get = self.rows.get
+        add_token, add_tokens = token_ids.append, token_ids.extend
+        add_row, add_computed, add_num_tokens = (
+            row_indices.append, num_computed.append, num_tokens.append
         )
+        for request, num_new in zip(scheduled, num_scheduled_tokens, strict=True):
+            row = rows_get(request.request_id)
+            computed = request.num_computed_tokens
+            if (  # anything but a plain continuation with the blocks it had: sync the row
+                row is None
+                or row.next_num_computed != computed
+                or row.num_blocks != len(request.block_ids)
+                or row.num_preemptions != request.num_preemptions
+            ):
+                row = self._sync_row(request, row)
+            row.next_num_computed = computed + num_new
+            add_row(row.index)
+            add_computed(computed)
+            all_token_ids = request.all_token_ids
+            add_num_tokens(len(all_token_ids))
+            if num_new == 1:
+                add_token(all_token_ids[computed])
+            else:
+                add_tokens(all_token_ids[computed : computed + num_new])
+        return self._build(token_ids, row_indices, num_computed, num_tokens, num_scheduled_tokens)
 
     def _build(
-        self, token_ids, row_indices, num_computed, num_tokens, num_blocks, num_scheduled_tokens
+        self, token_ids, row_indices, num_computed, num_tokens, num_scheduled_tokens
     ) -> StepInputs:
         num_reqs, total = len(row_indices), len(token_ids)
         assert total <= self.max_num_batched_tokens, (
@@ -145,7 +157,8 @@ class InputBuilder:
         assert (num_new > 0).all() and (seq_lens <= np.array(num_tokens)).all(), (
             "each scheduled request computes at least one token and at most up to its end"
         )
-        assert (np.array(num_blocks) * self.block_size >= seq_lens).all(), (
+        row_indices = np.array(row_indices, dtype=np.int64)
+        assert (self.row_num_blocks[row_indices] * self.block_size >= seq_lens).all(), (
             "a scheduled request has fewer blocks than its tokens need"
         )
         samples = seq_lens == np.array(num_tokens, dtype=np.int64)
