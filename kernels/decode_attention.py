@@ -37,7 +37,7 @@ class DecodeConfig:
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
     out_ptr, partial_ptr, lse_ptr,
-    scale_log2,
+    scale_log2, num_splits,
     stride_qt, stride_qh,
     stride_cache_block, stride_cache_slot, stride_cache_head,
     stride_table,
@@ -45,7 +45,7 @@ def _decode_split_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0)
@@ -54,7 +54,7 @@ def _decode_split_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     token = tl.load(query_start_ptr + seq).to(tl.int64)
     # this split's share of the context, a whole number of tiles
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), NUM_SPLITS)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
     start = split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
 
@@ -93,12 +93,12 @@ def _decode_split_kernel(
 
     out = acc / tl.where(denom > 0, denom, 1.0)[:, None]  # an empty split has denom == acc == 0
     out_mask = row_mask[:, None] & dim_mask[None, :]
-    if NUM_SPLITS == 1:
+    if SINGLE_SPLIT:
         out_ptrs = out_ptr + token * stride_ot + heads[:, None] * stride_oh + dims[None, :]
         tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # partial [B, Hq, NUM_SPLITS, DIM_PAD] and lse [B, Hq, NUM_SPLITS], float32
-        slot = (seq.to(tl.int64) * NUM_Q_HEADS + heads) * NUM_SPLITS + split
+        # partial [B, Hq, num_splits, DIM_PAD] and lse [B, Hq, num_splits], float32
+        slot = (seq.to(tl.int64) * NUM_Q_HEADS + heads) * num_splits + split
         tl.store(partial_ptr + slot[:, None] * DIM_PAD + dims[None, :], out, mask=out_mask)
         lse = tl.where(denom > 0, m + tl.log2(tl.where(denom > 0, denom, 1.0)), float("-inf"))
         tl.store(lse_ptr + slot, lse, mask=row_mask)
@@ -107,9 +107,9 @@ def _decode_split_kernel(
 @triton.jit
 def _decode_merge_kernel(
     partial_ptr, lse_ptr, query_start_ptr, out_ptr,
-    stride_ot, stride_oh,
+    num_splits, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
 ):  # fmt: skip
     """Program (b, q_head): weight each split's output by exp2(its lse - max lse)."""
     seq = tl.program_id(0)
@@ -117,13 +117,13 @@ def _decode_merge_kernel(
     token = tl.load(query_start_ptr + seq).to(tl.int64)
     splits = tl.arange(0, SPLITS_PAD)
     dims = tl.arange(0, DIM_PAD)
-    base = (seq.to(tl.int64) * NUM_Q_HEADS + head) * NUM_SPLITS
-    lse = tl.load(lse_ptr + base + splits, mask=splits < NUM_SPLITS, other=float("-inf"))
+    base = (seq.to(tl.int64) * NUM_Q_HEADS + head) * num_splits
+    lse = tl.load(lse_ptr + base + splits, mask=splits < num_splits, other=float("-inf"))
     lse_max = tl.max(lse, axis=0)
     weights = tl.where(lse > float("-inf"), tl.exp2(lse - tl.maximum(lse_max, -1.0e30)), 0.0)
     partial = tl.load(
         partial_ptr + (base + splits)[:, None] * DIM_PAD + dims[None, :],
-        mask=(splits < NUM_SPLITS)[:, None], other=0.0,
+        mask=(splits < num_splits)[:, None], other=0.0,
     )  # fmt: skip
     total = tl.sum(weights, axis=0)
     out = tl.sum(partial * weights[:, None], axis=0) / tl.where(total > 0, total, 1.0)
@@ -225,7 +225,7 @@ def decode_attention(
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
         out, partial, lse,
-        scale * LOG2E,
+        scale * LOG2E, num_splits,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         meta.block_tables.stride(0),
@@ -233,16 +233,16 @@ def decode_attention(
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, DIM_PAD=dim_pad,
         BLOCK_SIZE=k_cache.shape[1], BLOCK_N=config.block_n,
-        NUM_SPLITS=num_splits, NUM_Q_HEADS=num_q_heads,
+        SINGLE_SPLIT=num_splits == 1, NUM_Q_HEADS=num_q_heads,
         DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     if num_splits > 1:
         _decode_merge_kernel[(num_seqs, num_q_heads)](
             partial, lse, meta.query_start_loc, out,
-            out.stride(0), out.stride(1),
+            num_splits, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, DIM_PAD=dim_pad,
-            NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits),
+            SPLITS_PAD=triton.next_power_of_2(num_splits),
             NUM_Q_HEADS=num_q_heads,
         )  # fmt: skip
     return out

@@ -52,7 +52,7 @@ def _prefill_kernel(
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     tile = tl.program_id(2)
-    queries_per_tile: tl.constexpr = BLOCK_ROWS // GROUP
+    queries_per_tile = BLOCK_ROWS // GROUP
     query_start = tl.load(query_start_ptr + seq)
     query_len = tl.load(query_start_ptr + seq + 1) - query_start
     first_query = tile * queries_per_tile

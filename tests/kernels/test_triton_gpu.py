@@ -1,0 +1,154 @@
+"""The compiled Triton kernels against their torch references in bf16 at real sizes (GPU).
+
+Same checks as interpreted_cases.py (fresh random inputs, NaN-poisoned outputs, block and
+tile boundaries, GQA 1/4/8, -1 slots), plus ops dispatch and CUDA-graph replays of decode.
+"""
+
+import sys
+
+import pytest
+import torch
+from kernel_batches import make_batch, relative_error
+
+from lodger.kernels import ops, reference
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+DEVICE = "cuda"
+BF16 = torch.bfloat16
+BF16_TOLERANCE = 1e-2  # ‖out - ref‖ / ‖ref‖ for bf16 operands (float32 accumulation)
+
+
+def nan_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(x, float("nan"))
+
+
+def batch(query_lens, seq_lens, num_heads, num_kv_heads, head_dim, block_size=16):
+    return make_batch(
+        query_lens, seq_lens, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        head_dim=head_dim, block_size=block_size, dtype=BF16, device=DEVICE,
+    )  # fmt: skip
+
+
+def check(out, q, k_cache, v_cache, meta, scale):
+    num_tokens = int(meta.query_start_loc[-1])
+    assert not out[:num_tokens].isnan().any(), "an output element was not written"
+    expected = reference.paged_attention(q, k_cache, v_cache, meta, scale)
+    error = relative_error(out[:num_tokens], expected[:num_tokens])
+    assert error < BF16_TOLERANCE, f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize(
+    "num_q_heads,num_kv_heads,head_dim", [(32, 8, 128), (16, 16, 64), (32, 4, 128), (64, 8, 64)]
+)
+@pytest.mark.parametrize("num_splits", [None, 1, 7])
+def test_decode_attention(num_q_heads, num_kv_heads, head_dim, num_splits):
+    from lodger.kernels.decode_attention import decode_attention
+
+    seq_lens = [1, 16, 17, 64, 65, 1000, 4093, 8192]
+    q, k_cache, v_cache, meta = batch([1] * 8, seq_lens, num_q_heads, num_kv_heads, head_dim)
+    scale = head_dim**-0.5
+    out = decode_attention(q, k_cache, v_cache, meta, scale, num_splits=num_splits, out=nan_like(q))
+    check(out, q, k_cache, v_cache, meta, scale)
+
+
+@pytest.mark.parametrize(
+    "num_q_heads,num_kv_heads,head_dim", [(32, 8, 128), (16, 16, 64), (32, 4, 64)]
+)
+def test_prefill_attention_mixed_batch(num_q_heads, num_kv_heads, head_dim):
+    from lodger.kernels.prefill_attention import prefill_attention
+
+    query_lens = [1, 700, 1, 33, 1000, 5]
+    seq_lens = [300, 700, 4097, 2080, 3000, 5]
+    q, k_cache, v_cache, meta = batch(query_lens, seq_lens, num_q_heads, num_kv_heads, head_dim)
+    scale = head_dim**-0.5
+    padded = torch.cat([q, torch.randn(3, *q.shape[1:], device=DEVICE, dtype=BF16)])
+    out = prefill_attention(padded, k_cache, v_cache, meta, scale, out=nan_like(padded))
+    check(out, q, k_cache, v_cache, meta, scale)
+    assert out[q.shape[0] :].isnan().all(), "padding rows must not be written"
+
+
+def test_ops_dispatch_to_triton_on_cuda(monkeypatch):
+    monkeypatch.delenv("LODGER_TORCH_OPS", raising=False)
+    q, k_cache, v_cache, meta = batch([1, 1], [40, 300], 8, 2, 128)
+    assert ops.use_triton(q)
+    check(ops.paged_attention(q, k_cache, v_cache, meta, 0.1), q, k_cache, v_cache, meta, 0.1)
+    q, k_cache, v_cache, meta = batch([5, 1], [40, 300], 8, 2, 128)
+    check(ops.paged_attention(q, k_cache, v_cache, meta, 0.1), q, k_cache, v_cache, meta, 0.1)
+    assert "lodger.kernels.decode_attention" in sys.modules
+    assert "lodger.kernels.prefill_attention" in sys.modules
+
+
+def test_decode_attention_cuda_graph_replays():
+    """Captured once with max_seq_len baked in, replayed with other contexts and tables."""
+    from lodger.kernels.decode_attention import decode_attention
+
+    num_seqs, max_seq_len = 6, 2048
+    q, k_cache, v_cache, meta = batch([1] * num_seqs, [max_seq_len] * num_seqs, 32, 8, 128)
+    meta.max_seq_len = max_seq_len
+    out = nan_like(q)
+    decode_attention(q, k_cache, v_cache, meta, 0.09, out=out)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_attention(q, k_cache, v_cache, meta, 0.09, out=out)
+    for seq_lens in ([1, 2, 17, 900, 2048, 33], [2048, 5, 64, 65, 1, 1500]):
+        meta.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
+        meta.block_tables.copy_(meta.block_tables[torch.randperm(num_seqs)])
+        q.copy_(torch.randn_like(q))
+        out.fill_(float("nan"))
+        graph.replay()
+        check(out, q, k_cache, v_cache, meta, 0.09)
+
+
+def test_write_kv_cache():
+    from lodger.kernels.kv_cache_write import write_kv_cache
+
+    num_blocks, block_size, num_kv_heads, head_dim, num_tokens = 300, 16, 8, 128, 2000
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    qkv = torch.randn(num_tokens, (32 + 2 * num_kv_heads) * head_dim, device=DEVICE).to(BF16)
+    k = qkv[:, 32 * head_dim : 40 * head_dim].view(num_tokens, num_kv_heads, head_dim)
+    v = qkv[:, 40 * head_dim :].view(num_tokens, num_kv_heads, head_dim)
+    slots = torch.randperm(num_blocks * block_size, device=DEVICE)[:num_tokens]
+    slots[::7] = -1
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    reference.write_kv_cache(k, v, expected_k, expected_v, slots)
+    write_kv_cache(k, v, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+
+
+def test_norms_rotary_and_activation():
+    from lodger.kernels.activation import silu_and_mul
+    from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
+    from lodger.kernels.rotary import apply_rotary
+
+    num_tokens, hidden = 777, 4096
+    x = torch.randn(num_tokens, hidden, device=DEVICE).to(BF16)
+    residual = torch.randn_like(x)
+    weight = torch.randn(hidden, device=DEVICE).to(BF16)
+    out = rms_norm(x, weight, 1e-5, out=nan_like(x))
+    torch.testing.assert_close(out, reference.rms_norm(x, weight, 1e-5))
+    normed, summed = fused_add_rms_norm(x, residual, weight, 1e-5, nan_like(x), nan_like(x))
+    expected_normed, expected_summed = reference.fused_add_rms_norm(x, residual, weight, 1e-5)
+    assert torch.equal(summed, expected_summed)
+    torch.testing.assert_close(normed, expected_normed)
+
+    gate_up = torch.randn(num_tokens, 2 * 14336, device=DEVICE).to(BF16)
+    out = silu_and_mul(gate_up, out=torch.full_like(gate_up[:, :14336], float("nan")))
+    torch.testing.assert_close(out, reference.silu_and_mul(gate_up))
+
+    qkv = torch.randn(num_tokens, 48 * 128, device=DEVICE).to(BF16)
+    q = qkv[:, : 32 * 128].view(num_tokens, 32, 128)
+    k = qkv[:, 32 * 128 : 40 * 128].view(num_tokens, 8, 128)
+    v_before = qkv[:, 40 * 128 :].clone()
+    angles = torch.rand(8192, 64, device=DEVICE) * 1000
+    cos_sin_cache = torch.cat([angles.cos(), angles.sin()], dim=-1)
+    positions = torch.randint(0, 8192, (num_tokens,), device=DEVICE)
+    expected_q, expected_k = reference.apply_rotary(q.clone(), k.clone(), positions, cos_sin_cache)
+    apply_rotary(q, k, positions, cos_sin_cache)
+    torch.testing.assert_close(q, expected_q)
+    torch.testing.assert_close(k, expected_k)
+    assert torch.equal(qkv[:, 40 * 128 :], v_before)
