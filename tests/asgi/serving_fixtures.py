@@ -3,6 +3,7 @@ servers on 127.0.0.1 (random free port), each in its own thread and event loop."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -84,6 +85,24 @@ def wait_idle(engine: AsyncEngine, timeout: float = 20.0):
             return stats
         assert time.monotonic() < deadline, f"engine not idle after {timeout} s: {stats}"
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def slowed_steps(engine: AsyncEngine, seconds: float):
+    """Make every engine step take `seconds` longer, so that requests stay in flight."""
+    core = engine._core
+    assert core is not None, "the engine is not loaded"
+    step = core.step
+
+    def slow_step():
+        time.sleep(seconds)
+        return step()
+
+    core.step = slow_step
+    try:
+        yield
+    finally:
+        del core.step  # back to the class's method
 
 
 def start_example(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
