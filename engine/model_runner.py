@@ -19,7 +19,7 @@ from lodger.engine.config import EngineConfig
 from lodger.engine.loader import load_model
 from lodger.engine.model_config import ModelConfig
 from lodger.engine.outputs import Logprob, SampleLogprobs
-from lodger.engine.sampler import Sampler, SamplerOutput, SamplingMetadata
+from lodger.engine.sampler import Sampler, SamplerOutput, SamplingMetadata, TokenIdCache
 from lodger.engine.step_inputs import InputBuilder, StepInputs, cdiv
 from lodger.kernels import ops
 
@@ -55,6 +55,7 @@ class ModelRunner:
         self.model = load_model(config.model, model_config, self.device, dtype, self.max_model_len)
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}  # seeded requests, by request id
+        self.token_cache = TokenIdCache()  # int64 prompt/output ids for the penalties
         self.inputs = InputBuilder(
             config.block_size, self.max_model_len, config.max_num_seqs,
             config.max_num_batched_tokens, self.device,
@@ -125,6 +126,7 @@ class ModelRunner:
         """Run SchedulerOutput `out`: forward, sample the requests at their last token."""
         for request_id in out.finished_request_ids:
             self.generators.pop(request_id, None)
+        self.token_cache.drop(out.finished_request_ids)
         if not out.scheduled:
             self.inputs.drop(out.finished_request_ids)
             return ModelRunnerOutput([], [])
@@ -139,7 +141,9 @@ class ModelRunner:
         with torch.inference_mode():
             hidden = self._forward(inputs)
             logits = self.model.compute_logits(hidden[inputs.logits_indices])
-            meta = SamplingMetadata.from_requests(requests, self.device, self.generators)
+            meta = SamplingMetadata.from_requests(
+                requests, self.device, self.generators, self.token_cache
+            )
             sampled = self.sampler(logits, meta)
         return self._to_host(num_reqs, inputs.sample_rows, requests, sampled)
 

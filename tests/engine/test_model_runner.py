@@ -207,3 +207,127 @@ def test_input_preparation_layout(llama_dir):
     assert inputs.meta.block_tables.tolist() == [a.block_ids, b.block_ids]
     assert inputs.meta.max_query_len == 7 and inputs.meta.max_seq_len == 7
     assert inputs.sample_rows == [0] and inputs.logits_indices.tolist() == [0]
+
+
+def test_finished_requests_drop_penalty_token_cache(llama_dir):
+    runner = make_runner(llama_dir)
+    blocks = Blocks()
+    penalised = SamplingParams(temperature=0.0, repetition_penalty=1.2)
+    a, b = (make_request(str(i), p, penalised) for i, p in enumerate(prompts(llama_dir, [5, 6])))
+    step(runner, blocks, [(a, 5), (b, 6)])
+    assert len(runner.token_cache) == 2
+    step(runner, blocks, [(b, 1)], finished={"0"})
+    assert len(runner.token_cache) == 1
+
+
+def expected_slots(request: Request, start: int, end: int) -> list[int]:
+    return [request.block_ids[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
+            for p in range(start, end)]
+
+
+def test_block_rows_resync_when_blocks_are_replaced_without_preemption(llama_dir):
+    """A request whose computed tokens moved back (blocks freed and re-admitted) gets its
+    block-table row rewritten even if num_preemptions did not change."""
+    runner = make_runner(llama_dir, init_kv_cache=False)
+    blocks = Blocks(seed=4)
+    (prompt,) = prompts(llama_dir, [10])
+    request = make_request("r", prompt)
+    blocks.cover(request, 8)
+    runner.prepare_inputs(SchedulerOutput([request], [8], 8, set(), 0))
+    request.num_computed_tokens = 8
+    old_blocks = list(request.block_ids)
+    blocks.release(request)
+    request.num_computed_tokens = 0  # reclaimed: starts over, same num_preemptions
+    blocks.free.sort()
+    blocks.cover(request, 10)
+    assert request.block_ids != old_blocks[: len(request.block_ids)]
+    inputs = runner.prepare_inputs(SchedulerOutput([request], [10], 10, set(), 0))
+    assert inputs.meta.slot_mapping.tolist() == expected_slots(request, 0, 10)
+    assert inputs.meta.block_tables.tolist() == [request.block_ids]
+
+
+def test_block_rows_grow_past_max_num_seqs(llama_dir):
+    runner = make_runner(llama_dir, init_kv_cache=False, max_num_seqs=2)
+    blocks = Blocks()
+    requests = [make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [3, 5, 6]))]
+    for request in requests:  # 3 live requests (e.g. 1 preempted) for 2 rows
+        blocks.cover(request, request.num_tokens)
+        inputs = runner.prepare_inputs(
+            SchedulerOutput([request], [request.num_tokens], request.num_tokens, set(), 0)
+        )
+        assert inputs.meta.slot_mapping.tolist() == expected_slots(request, 0, request.num_tokens)
+    assert len({row.index for row in runner.inputs.rows.values()}) == 3
+    for request in requests:
+        request.num_computed_tokens = request.num_tokens - 1
+    inputs = runner.prepare_inputs(SchedulerOutput(requests, [1, 1, 1], 3, set(), 0))
+    assert inputs.meta.block_tables[:, :1].flatten().tolist() == [r.block_ids[0] for r in requests]
+    assert inputs.meta.slot_mapping.tolist() == [
+        expected_slots(r, r.num_tokens - 1, r.num_tokens)[0] for r in requests
+    ]
+
+
+def test_cuda_profile_step_runs_on_cpu(llama_dir):
+    """The worst-case step the CUDA profiler measures is device-agnostic: check it runs
+    (several max_model_len sequences, logits and every sampling filter) on the CPU."""
+    from lodger.engine import cuda_memory
+
+    runner = make_runner(llama_dir, init_kv_cache=False, max_model_len=24,
+                         max_num_batched_tokens=60, max_num_seqs=4)
+    with torch.inference_mode():
+        cuda_memory._worst_case_step(runner)
+
+
+def test_graph_buckets():
+    from lodger.engine.cuda_graphs import batch_buckets
+
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(8) == [1, 2, 4, 8]
+    assert batch_buckets(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert batch_buckets(4096)[-2:] == [256, 512]
+
+
+def test_graph_inputs_padding_on_cpu(llama_dir):
+    """CudaGraphs' static-buffer plumbing, with each 'graph' replayed eagerly on the CPU:
+    after a full bucket, a smaller batch's padding rows must be reset (no cache writes)
+    and its real rows must equal an eager step."""
+    from lodger.engine.cuda_graphs import CudaGraphs
+
+    runner = make_runner(llama_dir, max_num_seqs=4)
+    graphs = CudaGraphs(runner.model, runner.kv_caches, runner.config, runner.max_model_len)
+
+    class EagerReplay:
+        def __init__(self, batch):
+            self.batch = batch
+
+        def replay(self):
+            graphs.outputs[self.batch].copy_(graphs._forward(self.batch))
+
+    hidden_size = runner.model_config.hidden_size
+    for batch in graphs.buckets:
+        graphs.graphs[batch] = EagerReplay(batch)
+        graphs.outputs[batch] = torch.empty(batch, hidden_size)
+    blocks = Blocks()
+    requests = [make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [5, 9, 7, 4]))]
+    step(runner, blocks, [(r, r.num_tokens) for r in requests])
+    for request in requests:
+        blocks.cover(request, request.num_tokens)
+    with torch.inference_mode():
+        graphs.run(runner.prepare_inputs(SchedulerOutput(requests, [1] * 4, 4, set(), 0)))
+        assert graphs.slot_mapping[3] >= 0  # the full bucket filled row 3
+        requests[3].num_computed_tokens += 1  # as if its token is now cached
+        out = SchedulerOutput(requests[:3], [1, 1, 1], 3, set(), 0)
+        inputs = runner.prepare_inputs(out)
+        assert graphs.can_run(inputs)
+        cache_before = runner.kv_cache.clone()
+        got = graphs.run(inputs)  # bucket 4: row 3 is padding now
+        cache_after_graph = runner.kv_cache.clone()
+        runner.kv_cache.copy_(cache_before)
+        inputs = runner.prepare_inputs(out)
+        expected = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
+    assert got.shape == expected.shape == (3, hidden_size)
+    # a batch of 4 rows vs 3 may round differently in the matmuls
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cache_after_graph, runner.kv_cache, rtol=0, atol=1e-5)
+    assert not cache_after_graph[:, :, 0].any(), "a padding row wrote into the null block"
+    assert graphs.slot_mapping[3] == -1 and graphs.seq_lens[3] == 1
+    assert int(graphs.block_tables[3].abs().sum()) == 0
