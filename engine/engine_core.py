@@ -68,6 +68,7 @@ class EngineCore:
             raise ValueError(f"request_id {request_id!r} is already in use")
         prompt_text, prompt_token_ids = self._prompt_tokens(prompt)
         max_tokens = self._check_lengths(prompt_token_ids, params)
+        self._check_stop_token_ids(params)
         arrival_time = time.monotonic() if arrival_time is None else arrival_time
         child_ids = [child_request_id(i, request_id, params.n) for i in range(params.n)]
         self.outputs.add(request_id, prompt_text, prompt_token_ids, params, child_ids, arrival_time)
@@ -76,7 +77,7 @@ class EngineCore:
                 Request(
                     request_id=child_id,
                     prompt_token_ids=prompt_token_ids,
-                    sampling_params=_child_params(params, index, max_tokens),
+                    sampling_params=self._child_params(params, index, max_tokens),
                     eos_token_id=self.tokenizer.eos_token_id,
                     arrival_time=arrival_time,
                     parent_id=request_id if params.n > 1 else None,
@@ -112,6 +113,25 @@ class EngineCore:
         if problem is not None:
             raise ValueError(problem)
         return max_tokens
+
+    def _check_stop_token_ids(self, params: SamplingParams) -> None:
+        vocab_size = self.model_config.vocab_size
+        for token_id in params.stop_token_ids:
+            if not 0 <= token_id < vocab_size:
+                raise ValueError(
+                    f"stop_token_ids must be token ids in [0, {vocab_size}), got {token_id}"
+                )
+
+    def _child_params(self, params: SamplingParams, index: int, max_tokens: int):
+        """Sample `index` of a request: its own seed (seed + index) so n samples differ, and
+        unless ignore_eos, the generation config's extra EOS ids as stop tokens (as vLLM)."""
+        seed = None if params.seed is None else params.seed + index
+        stop_token_ids = list(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_token_ids += [i for i in self.tokenizer.stop_token_ids if i not in stop_token_ids]
+        return dataclasses.replace(
+            params, n=1, seed=seed, max_tokens=max_tokens, stop_token_ids=stop_token_ids
+        )
 
     def abort_request(self, request_id: str) -> None:
         """Abort a request in any state and return its blocks; unknown ids are ignored."""
@@ -159,8 +179,3 @@ def resolve_max_model_len(config: EngineConfig, model_config: ModelConfig) -> in
         )
     return config.max_model_len
 
-
-def _child_params(params: SamplingParams, index: int, max_tokens: int) -> SamplingParams:
-    """Sample `index` of a request: its own seed (seed + index) so n samples differ."""
-    seed = None if params.seed is None else params.seed + index
-    return dataclasses.replace(params, n=1, seed=seed, max_tokens=max_tokens)

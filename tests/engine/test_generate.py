@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 from hf_reference import hf_greedy, hf_logprobs
 
@@ -196,6 +199,20 @@ def test_stop_tokens_min_tokens_and_ignore_eos(llama_dir):
     assert stop_id not in held_ids[:min_tokens]
 
 
+def test_generation_config_eos_ids_stop_unless_ignored(llama_dir, tmp_path):
+    model_dir = tmp_path / "llama"
+    shutil.copytree(llama_dir, model_dir)
+    ids = greedy_ids(make_llm(model_dir), [PROMPTS[1]])[0]
+    extra_eos = ids[4]
+    (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, extra_eos]}))
+    llm = make_llm(model_dir)
+    out = llm.generate([PROMPTS[1]], SamplingParams(temperature=0.0, max_tokens=30),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == ids[: ids.index(extra_eos) + 1]
+    assert (out.finish_reason, out.stop_reason) == ("stop", extra_eos)
+    assert greedy_ids(llm, [PROMPTS[1]])[0] == ids  # ignore_eos
+
+
 def test_max_model_len_rejected_at_submission(llama_dir):
     llm = make_llm(llama_dir, max_model_len=32)
     long_prompt = {"prompt_token_ids": list(range(3, 35))}
@@ -216,6 +233,8 @@ def test_bad_prompt_inputs_are_named(llama_dir):
         llm.generate([{"prompt_token_ids": []}], use_tqdm=False)
     with pytest.raises(ValueError, match="sampling_params"):
         llm.generate(PROMPTS, [GREEDY], use_tqdm=False)
+    with pytest.raises(ValueError, match="stop_token_ids"):
+        llm.generate(PROMPTS, SamplingParams(stop_token_ids=[10**6]), use_tqdm=False)
     with pytest.raises(TypeError, match="unknown engine option"):
         make_llm(llama_dir, max_num_seq=3)
 
