@@ -63,7 +63,8 @@ class InputBuilder:
         max_bytes = 8 * (3 * max_num_batched_tokens + max_num_seqs)
         max_bytes += 4 * (max_num_seqs * (self.max_blocks_per_seq + 2) + 1)
         pin = device.type == "cuda"
-        self.host_buffer = torch.empty(max_bytes, dtype=torch.uint8, pin_memory=pin).numpy()
+        self.host_tensor = torch.empty(max_bytes, dtype=torch.uint8, pin_memory=pin)
+        self.host_buffer = self.host_tensor.numpy()  # the same memory, written with numpy
         # CUDA: recorded after each host->device copy; the host buffer is rewritten only
         # once the previous copy has run (a step without sampling has no other sync).
         self.copy_done = None
@@ -172,6 +173,9 @@ class InputBuilder:
         num_int64 = 3 * total + num_samples
         num_int32 = 2 * num_reqs + 1 + num_reqs * width
         num_bytes = 8 * num_int64 + 4 * num_int32
+        assert num_bytes <= len(self.host_buffer), (
+            f"{num_reqs} requests scheduled, more than max_num_seqs allows"
+        )
         if self.copy_done is not None:
             self.copy_done.synchronize()
         buffer = self.host_buffer[:num_bytes]
@@ -201,7 +205,7 @@ class InputBuilder:
         slots += positions - block_index * self.block_size
         logits_indices[:] = query_start_loc[1:][sample_rows] - 1
 
-        device_buffer = torch.from_numpy(buffer).to(self.device, non_blocking=True)
+        device_buffer = self.host_tensor[:num_bytes].to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             self.copy_done = torch.cuda.Event()
             self.copy_done.record()
