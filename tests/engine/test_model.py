@@ -8,7 +8,6 @@ over a block table of shuffled block ids.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -16,6 +15,7 @@ import logging
 import pytest
 import torch
 from checkpoints import build_checkpoint
+from hf_reference import hf_model
 
 from lodger.engine.loader import load_model
 from lodger.engine.model_config import ModelConfig, RopeConfig
@@ -24,16 +24,6 @@ from lodger.kernels.attention_metadata import AttentionMetadata
 BLOCK_SIZE = 8
 NUM_BLOCKS = 40
 ATOL = 1e-4
-
-
-@functools.cache
-def hf_model(model_dir: str):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager"
-    )
-    return model.eval()
 
 
 def hf_logits(model_dir, token_ids: list[int]) -> torch.Tensor:

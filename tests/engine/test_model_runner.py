@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import random
 
 import pytest
 import torch
+from hf_reference import hf_model
 
 from lodger.engine.config import EngineConfig
 from lodger.engine.model_config import ModelConfig
@@ -18,16 +18,6 @@ from lodger.engine.scheduler import SchedulerOutput
 BLOCK_SIZE = 4
 NUM_BLOCKS = 64
 GREEDY = SamplingParams(temperature=0.0, max_tokens=None)
-
-
-@functools.cache
-def hf_model(model_dir: str):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager"
-    )
-    return model.eval()
 
 
 def hf_next_logits(model_dir, token_ids: list[int]) -> torch.Tensor:
