@@ -39,6 +39,8 @@ class SyncClient:
 
     def _run(self, awaitable: Awaitable[T]) -> T:
         if self._closed:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()  # never started
             raise RuntimeError("this SyncClient is closed")
         return asyncio.run_coroutine_threadsafe(_await(awaitable), self._loop).result()
 
