@@ -154,16 +154,16 @@ class InputBuilder:
         )
         num_new = np.array(num_scheduled_tokens, dtype=np.int64)
         computed = np.array(num_computed, dtype=np.int64)
-        seq_lens = computed + num_new
-        assert (num_new > 0).all() and (seq_lens <= np.array(num_tokens)).all(), (
-            "each scheduled request computes at least one token and at most up to its end"
-        )
         row_indices = np.array(row_indices, dtype=np.int64)
-        assert (self.row_num_blocks[row_indices] * self.block_size >= seq_lens).all(), (
-            "a scheduled request has fewer blocks than its tokens need"
+        seq_lens = computed + num_new
+        # 0: the request samples; > 0: a mid-prompt chunk
+        num_left = np.array(num_tokens, dtype=np.int64) - seq_lens
+        covered = self.row_num_blocks[row_indices] * self.block_size - seq_lens
+        assert num_new.min() > 0 and num_left.min() >= 0 and covered.min() >= 0, (
+            "each scheduled request computes at least one token, at most up to its end, "
+            "and has the blocks for them"
         )
-        samples = seq_lens == np.array(num_tokens, dtype=np.int64)
-        sample_rows = np.flatnonzero(samples)
+        sample_rows = np.flatnonzero(num_left == 0)
         max_seq_len = int(seq_lens.max())
         width = cdiv(max_seq_len, self.block_size)
         num_samples = len(sample_rows)
