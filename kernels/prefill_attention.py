@@ -28,12 +28,12 @@ from lodger.kernels.decode_attention import (
 
 @dataclass(slots=True)
 class PrefillConfig:
-    """Launch shape (benchmarks sweep it; defaults suit H100 and tests)."""
+    """Launch shape; defaults are the best of bench/kernels.py --sweep on an H100."""
 
     block_rows: int = 64  # query rows (tokens x heads of one kv group) per program
     block_n: int = 64  # context tokens per tile
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
 
 @triton.jit

@@ -19,7 +19,7 @@ from kernel_batches import make_batch, relative_error
 
 from lodger.kernels import reference
 from lodger.kernels.activation import silu_and_mul
-from lodger.kernels.decode_attention import DecodeConfig, decode_attention
+from lodger.kernels.decode_attention import DecodeConfig, choose_num_splits, decode_attention
 from lodger.kernels.kv_cache_write import write_kv_cache
 from lodger.kernels.prefill_attention import PrefillConfig, prefill_attention
 from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
@@ -170,3 +170,12 @@ def test_prefill_attention_group_not_dividing_tile():
     config = PrefillConfig(block_rows=16, block_n=16)
     out = prefill_attention(q, k_cache, v_cache, meta, 0.3, config, out=nan_like(q))
     check_attention(out, q, k_cache, v_cache, meta, 0.3, torch.float32, sum(query_lens))
+
+
+def test_choose_num_splits_fills_the_gpu_without_tiny_splits():
+    config = DecodeConfig(min_tokens_per_split=128, target_programs=528)
+    assert choose_num_splits(1, 8, 4096, config) == 32  # bounded by 4096 / 128 tokens
+    assert choose_num_splits(1, 8, 100, config) == 1  # a short context is never split
+    assert choose_num_splits(32, 8, 8192, config) == 3  # ceil(528 / 256) programs' worth
+    assert choose_num_splits(128, 8, 8192, config) == 1  # the batch fills the GPU
+    assert choose_num_splits(1, 1, 10**6, config) == 64  # capped

@@ -152,3 +152,15 @@ def test_norms_rotary_and_activation():
     torch.testing.assert_close(q, expected_q)
     torch.testing.assert_close(k, expected_k)
     assert torch.equal(qkv[:, 40 * 128 :], v_before)
+
+
+@pytest.mark.parametrize("seq_len", [1, 300, 8197])
+def test_decode_attention_single_sequence_many_splits(seq_len):
+    """Batch 1: the heuristic splits a long context up to 64 ways (most splits of a short
+    context are empty when max_seq_len is the model's, as under CUDA graphs)."""
+    from lodger.kernels.decode_attention import decode_attention
+
+    q, k_cache, v_cache, meta = batch([1], [seq_len], 32, 8, 128)
+    meta.max_seq_len = 8197
+    out = decode_attention(q, k_cache, v_cache, meta, 0.088, out=nan_like(q))
+    check(out, q, k_cache, v_cache, meta, 0.088)
