@@ -18,7 +18,8 @@ import torch, triton
 print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name(0))
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- kernels bench 2>/dev/null || echo ' (+ uncommitted kernel changes)')"
+# the device copy of the tree may lack .git: pass LODGER_COMMIT=<hash> to record it
+echo "commit ${LODGER_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 SECONDS=0
 python3 -m pytest tests/kernels -q -p no:cacheprovider -rs 2>&1 | tee "$out/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
