@@ -52,7 +52,14 @@ def _fence(text: str) -> str:
     return "```text\n" + text.replace("```", "`\u200b``") + "\n```"
 
 
-def render(cfg: dict, data_meta: dict, stats: dict, samples: list[dict]) -> str:
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def render(cfg: dict, data_meta: dict, stats: dict, samples: list[dict],
+           sample_device: str) -> str:
     """The model card, in Markdown."""
     packages = ", ".join(f"{k} {v}" for k, v in sorted(data_meta["packages"].items()))
     lines = [
@@ -94,7 +101,8 @@ def render(cfg: dict, data_meta: dict, stats: dict, samples: list[dict]) -> str:
         f"- AdamW, lr {cfg['lr']} with {cfg['warmup_steps']} warmup steps and cosine decay to "
         f"{cfg['min_lr_ratio']} x, weight decay {cfg['weight_decay']}, seed {cfg['seed']}",
         f"- final training loss {stats['final_train_loss']} (mean of the last 50 steps), "
-        f"held-out loss {stats['val_loss']} (1% of the windows)",
+        f"held-out loss {stats['val_loss']} (1% of the 1024-token windows; a docstring also",
+        "  appears as a chat answer, so this measures fit more than generalisation)",
         f"- reproduce: `python scripts/train_default_model.py --out DIR --seed {cfg['seed']} "
         f"--steps {stats['planned_steps']}`"
         + (f" (this run stopped early at step {stats['steps']})"
@@ -102,8 +110,9 @@ def render(cfg: dict, data_meta: dict, stats: dict, samples: list[dict]) -> str:
         "",
         "## Sample generations",
         "",
-        f"Through transformers, {MAX_NEW_TOKENS} new tokens; `sampled` uses the",
-        "generation_config.json defaults (temperature 0.7, top_p 0.9).",
+        f"Through transformers {transformers_version()} on {sample_device}, {MAX_NEW_TOKENS} "
+        "new tokens; `sampled` uses the generation_config.json defaults (temperature 0.7,",
+        "top_p 0.9) with torch.manual_seed(seed) before each generation.",
         "",
     ]
     for sample in samples:

@@ -251,6 +251,9 @@ def train(cfg: TrainConfig, data: TokenData, device) -> tuple:
         if step % 100 == 0 or step == total_steps:
             recent = torch.stack(losses[-100:]).mean().item()
             print(f"train: step {step}/{total_steps} loss {recent:.3f}", flush=True)
+            if step % 500 == 0:  # held-out loss along the way (no randomness consumed)
+                print(f"train: step {step} val loss "
+                      f"{eval_loss(model, val_windows, cfg, device):.3f}", flush=True)
             overdue = time.perf_counter() - start > 1.25 * cfg.time_budget_s
             if cfg.steps is None and step < total_steps and overdue:
                 print("train: stopping early, 25% over the time budget", flush=True)
@@ -316,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         stats_path.write_text(json.dumps({"config": asdict(cfg), "stats": stats}, indent=1))
     recorded = json.loads(stats_path.read_text())
     samples = default_model_card.sample_generations(args.out, device, cfg.seed)
-    card = default_model_card.render(recorded["config"], data.meta, recorded["stats"], samples)
+    card = default_model_card.render(recorded["config"], data.meta, recorded["stats"], samples,
+                                     sample_device=device.type)
     (args.out / "README.md").write_text(card)
     print(card, flush=True)
     return 0
