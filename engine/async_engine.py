@@ -159,6 +159,12 @@ class AsyncEngine:
                 await future
         self.check_health()
 
+    def wait_until_ready_sync(self, timeout: float | None = None) -> None:
+        """Blocking wait_until_ready() for synchronous code (scripts, the CLI)."""
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"the engine was not ready after {timeout} s")
+        self.check_health()
+
     @property
     def tokenizer(self):
         """The engine's tokenizer (encode/decode/apply_chat_template); needs a loaded model."""
