@@ -130,7 +130,8 @@ class EngineCore:
         if not params.ignore_eos:
             stop_token_ids += [i for i in self.tokenizer.stop_token_ids if i not in stop_token_ids]
         return dataclasses.replace(
-            params, n=1, seed=seed, max_tokens=max_tokens, stop_token_ids=stop_token_ids
+            params, n=1, seed=seed, max_tokens=max_tokens,
+            min_tokens=min(params.min_tokens, max_tokens), stop_token_ids=stop_token_ids,
         )
 
     def abort_request(self, request_id: str) -> None:

@@ -25,19 +25,27 @@ def hf_tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def hf_greedy(model_dir: str, prompt_token_ids: list[int], max_new_tokens: int) -> list[int]:
-    """transformers' own `generate`, greedy, never stopping at EOS."""
-    model = hf_model(str(model_dir))
+def hf_generate(model, prompt_token_ids: list[int], max_new_tokens: int, **config_fields):
+    """transformers' own greedy `generate` of exactly max_new_tokens tokens.
+
+    EOS is masked until then (min_new_tokens), as lodger's `min_tokens=max_tokens` does: the
+    two never stop early and never differ on whether EOS may be picked.
+    """
     config = copy.deepcopy(model.generation_config)
-    config.eos_token_id = None
     config.do_sample = False
-    config.max_new_tokens = max_new_tokens
-    config.min_new_tokens = None
-    config.pad_token_id = 0
-    input_ids = torch.tensor([prompt_token_ids])
+    config.max_new_tokens = config.min_new_tokens = max_new_tokens
+    config.eos_token_id, config.pad_token_id = model.config.eos_token_id, 0
+    for name, value in config_fields.items():
+        setattr(config, name, value)
+    input_ids = torch.tensor([prompt_token_ids], device=model.device)
     with torch.no_grad():
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                             generation_config=config)
+        return model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                              generation_config=config)
+
+
+def hf_greedy(model_dir: str, prompt_token_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy ids from transformers on CPU in float32 (see hf_generate)."""
+    out = hf_generate(hf_model(str(model_dir)), prompt_token_ids, max_new_tokens)
     return out[0, len(prompt_token_ids):].tolist()
 
 

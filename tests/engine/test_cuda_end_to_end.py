@@ -7,12 +7,12 @@ with a close logprob, and at the divergence each side's token is in the other's 
 
 from __future__ import annotations
 
-import copy
 import functools
 
 import pytest
 import torch
 from checkpoints import build_checkpoint
+from hf_reference import hf_generate
 
 from lodger.engine import LLM, SamplingParams
 
@@ -56,14 +56,8 @@ def hf_cuda_model(model_dir: str, dtype: torch.dtype):
 def hf_greedy_with_logprobs(model_dir, prompt_ids: list[int], dtype: torch.dtype):
     """transformers' greedy tokens and the log-softmax of each step's logits."""
     model = hf_cuda_model(str(model_dir), dtype)
-    input_ids = torch.tensor([prompt_ids], device="cuda")
-    config = copy.deepcopy(model.generation_config)
-    config.eos_token_id, config.pad_token_id = None, 0  # never stop early, like ignore_eos
-    config.do_sample, config.max_new_tokens = False, NUM_NEW_TOKENS
-    config.output_logits, config.return_dict_in_generate = True, True
-    with torch.no_grad():
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                             generation_config=config)
+    out = hf_generate(model, prompt_ids, NUM_NEW_TOKENS, output_logits=True,
+                      return_dict_in_generate=True)
     tokens = out.sequences[0, len(prompt_ids):].tolist()
     logprobs = torch.log_softmax(torch.stack(out.logits)[:, 0].float(), dim=-1).cpu()
     return tokens, logprobs
@@ -72,8 +66,8 @@ def hf_greedy_with_logprobs(model_dir, prompt_ids: list[int], dtype: torch.dtype
 def run_lodger(model_dir, dtype: str, enforce_eager: bool):
     llm = LLM(model=str(model_dir), dtype=dtype, device="cuda", max_model_len=512,
               enforce_eager=enforce_eager, gpu_memory_utilization=0.3)
-    params = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS, ignore_eos=True,
-                            logprobs=TOP_K)
+    params = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS,
+                            min_tokens=NUM_NEW_TOKENS, logprobs=TOP_K)
     outputs = llm.generate(PROMPTS, params, use_tqdm=False)
     return [out.prompt_token_ids for out in outputs], [out.outputs[0] for out in outputs]
 

@@ -17,7 +17,9 @@ PROMPTS = [
     "x",
 ]
 NUM_NEW_TOKENS = 40
-GREEDY = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS, ignore_eos=True)
+# exactly NUM_NEW_TOKENS tokens, EOS masked until then: as hf_reference.hf_generate
+GREEDY = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS, min_tokens=NUM_NEW_TOKENS)
+GREEDY_IGNORE_EOS = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS, ignore_eos=True)
 
 
 def make_llm(model_dir, **options) -> LLM:
@@ -176,7 +178,7 @@ def test_stop_strings_across_token_boundaries(llama_dir):
 
 def test_stop_tokens_min_tokens_and_ignore_eos(llama_dir):
     llm = make_llm(llama_dir)
-    ids = greedy_ids(llm, [PROMPTS[1]])[0]
+    ids = greedy_ids(llm, [PROMPTS[1]], GREEDY_IGNORE_EOS)[0]
     stop_id = ids[3]
     first = ids.index(stop_id)
     params = SamplingParams(temperature=0.0, max_tokens=30, stop_token_ids=[stop_id])
@@ -202,7 +204,7 @@ def test_stop_tokens_min_tokens_and_ignore_eos(llama_dir):
 def test_generation_config_eos_ids_stop_unless_ignored(llama_dir, tmp_path):
     model_dir = tmp_path / "llama"
     shutil.copytree(llama_dir, model_dir)
-    ids = greedy_ids(make_llm(model_dir), [PROMPTS[1]])[0]
+    ids = greedy_ids(make_llm(model_dir), [PROMPTS[1]], GREEDY_IGNORE_EOS)[0]
     extra_eos = ids[4]
     (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, extra_eos]}))
     llm = make_llm(model_dir)
@@ -210,7 +212,7 @@ def test_generation_config_eos_ids_stop_unless_ignored(llama_dir, tmp_path):
                        use_tqdm=False)[0].outputs[0]
     assert out.token_ids == ids[: ids.index(extra_eos) + 1]
     assert (out.finish_reason, out.stop_reason) == ("stop", extra_eos)
-    assert greedy_ids(llm, [PROMPTS[1]])[0] == ids  # ignore_eos
+    assert greedy_ids(llm, [PROMPTS[1]], GREEDY_IGNORE_EOS)[0] == ids
 
 
 def test_max_model_len_rejected_at_submission(llama_dir):
