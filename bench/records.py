@@ -45,8 +45,8 @@ def commit() -> str:
 def run_context(argv: list[str] | None = None) -> dict:
     """Fields shared by every record of one run of a harness command."""
     args = sys.argv if argv is None else argv
-    command = os.environ.get("LODGER_BENCH_COMMAND") or shlex.join(
-        ["python -m " + _module_name(args[0]), *args[1:]])
+    command = (os.environ.get("LODGER_BENCH_COMMAND")
+               or f"python -m {_module_name(args[0])} {shlex.join(args[1:])}".rstrip())
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": commit(),

@@ -1,0 +1,173 @@
+"""Tables for docs/benchmarks.md and the plot, from the JSON lines under bench/results/.
+
+    python -m bench.report [--results FILE ...] [--doc docs/benchmarks.md] [--plot PNG]
+
+Only the parts between this harness's markers (`<!-- bench:NAME:begin -->` ... `end -->`)
+are rewritten, so other sections of the document and the prose around the tables stay;
+a missing part is appended at the end. For each (card, shape) the latest run is shown.
+`tiny` smoke runs are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from bench.plot import plot
+from bench.records import RESULTS_DIR, read_records
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
+DEFAULT_PLOT = RESULTS_DIR / "benchmarks.png"
+DEFAULT_MODEL_LABEL = "default_model"  # records of the bundled model (its directory's name)
+RUN_KEYS = ("kind", "date", "commit", "card", "shape", "command")
+# (workload, shape, measure, target): the engine goals of the kernels issue
+GOALS = [("nano", "qwen3-0.6b", "output_tok_per_s", 20000.0),
+         ("fixed-256-256-1024", "qwen3-0.6b", "req_per_s", 36.0),
+         ("batch1", "llama3-8b", "tok_per_s_batch1", 180.0)]
+
+
+def latest_runs(records: list[dict], kind: str) -> list[list[dict]]:
+    """The records of the newest run of each (card, shape), oldest group first."""
+    runs: dict[tuple, list[dict]] = {}
+    for record in records:
+        if record.get("kind") == kind and record.get("shape") != "tiny":
+            runs.setdefault(tuple(record.get(k) for k in RUN_KEYS), []).append(record)
+    newest: dict[tuple, tuple] = {}
+    for key in runs:
+        card_shape = (key[3], key[4])
+        if card_shape not in newest or key[1] > newest[card_shape][1]:
+            newest[card_shape] = key
+    return [runs[key] for key in sorted(newest.values(), key=lambda k: (k[3], k[4]))]
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _provenance(record: dict) -> str:
+    return (f"**{record['card']}**, {record['date'][:10]}, commit `{record['commit']}`:\n\n"
+            f"```\n{record['command']}\n```\n")
+
+
+def offline_table(run: list[dict]) -> str:
+    lines = [f"#### {run[0]['shape']}\n", _provenance(run[0]),
+             "| workload | engine | output tok/s | req/s | ms/token | elapsed s | "
+             "lodger ÷ engine |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lodger = {r["workload"]: r for r in run if r["engine"] == "lodger" and "error" not in r}
+    for r in sorted(run, key=lambda r: (r["workload"], r["engine"] != "lodger", r["engine"])):
+        if "error" in r:
+            lines.append(f"| {r['workload']} | {r['engine']} | failed: {r['error'][:80]} "
+                         "| | | | |")
+            continue
+        ratio = lodger.get(r["workload"], {}).get("vs", {}).get(r["engine"])
+        is_batch1 = "ms_per_token" in r
+        lines.append(
+            f"| {r['workload']} | {r['engine']} | {_num(r['output_tok_per_s'])} | "
+            f"{_num(r['req_per_s'], 2)} | {_num(r.get('ms_per_token', 0.0), 2) * is_batch1}"
+            f" | {_num(r['elapsed_s'], 2)} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+    return "\n".join(lines) + "\n"
+
+
+def goals_table(runs: list[list[dict]]) -> str:
+    lines = ["| goal | target | lodger | status | card |", "| --- | --- | --- | --- | --- |"]
+    for workload, shape, measure, target in GOALS:
+        found = [r for run in runs for r in run if r["engine"] == "lodger"
+                 and r["workload"] == workload and r["shape"] == shape and "error" not in r]
+        label = f"{workload} on {shape}"
+        unit = "req/s" if measure == "req_per_s" else "tok/s"
+        if not found:
+            lines.append(f"| {label} | {target:,.0f} {unit} | not measured yet | | |")
+            continue
+        r = found[-1]
+        value = (1000.0 / r["ms_per_token"]) if measure == "tok_per_s_batch1" else r[measure]
+        status = "met" if value >= target else f"{value / target:.0%} of it"
+        lines.append(f"| {label} | {target:,.0f} {unit} | {_num(value)} {unit} | {status} | "
+                     f"{r['card']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _dist(d: dict) -> str:
+    return f"{_num(d['p50'])} / {_num(d['p90'])} / {_num(d['p99'])}"
+
+
+def serving_table(run: list[dict]) -> str:
+    first = run[0]
+    lines = [f"#### {first['shape']}, workload {first['workload']}, max concurrency "
+             f"{first['max_concurrency'] or 'unbounded'}\n", _provenance(first),
+             "| rate (req/s) | done | failed | req/s | output tok/s | TTFT ms p50/p90/p99 | "
+             "TPOT ms p50/p90/p99 | ITL ms p50/p90/p99 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in run:
+        lines.append(f"| {r['request_rate']} | {r['completed']} | {r['failed']} | "
+                     f"{_num(r['req_per_s'], 2)} | {_num(r['output_tok_per_s'])} | "
+                     f"{_dist(r['ttft_ms'])} | {_dist(r['tpot_ms'])} | {_dist(r['itl_ms'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def default_model_table(runs: list[list[dict]]) -> str:
+    lines = ["| card | workload | concurrency | output tok/s | per-stream tok/s (1000 / TPOT) "
+             "| TTFT ms p50 | goal (≥ 50 tok/s, one stream) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        for r in run:
+            stream = 1000.0 / r["tpot_ms"]["mean"] if r["tpot_ms"]["mean"] else 0.0
+            met = "met" if r["max_concurrency"] == 1 and r["output_tok_per_s"] >= 50 else ""
+            lines.append(f"| {r['card']} | {r['workload']} | {r['max_concurrency'] or 'all'} | "
+                         f"{_num(r['output_tok_per_s'])} | {_num(stream)} | "
+                         f"{_num(r['ttft_ms']['p50'])} | {met} |")
+    provenance = "\n".join(_provenance(run[0]) for run in runs)
+    return "\n".join(lines) + "\n\n" + provenance
+
+
+def update_section(text: str, name: str, body: str, heading: str) -> str:
+    """Replace the marked part `name` of text with body (appended under heading if absent)."""
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text)
+    return text.rstrip() + f"\n\n{heading}\n\n{block}\n"
+
+
+def render(records: list[dict], doc_text: str, plot_path: Path, doc_path: Path) -> str:
+    offline = [run for run in latest_runs(records, "offline")
+               if run[0]["shape"] != DEFAULT_MODEL_LABEL]
+    serving_all = latest_runs(records, "serving")
+    serving = [run for run in serving_all if run[0]["shape"] != DEFAULT_MODEL_LABEL]
+    default_runs = [run for run in serving_all if run[0]["shape"] == DEFAULT_MODEL_LABEL]
+    if offline or serving:
+        plot(offline, serving, plot_path)
+    rel_plot = os.path.relpath(plot_path.resolve(), doc_path.resolve().parent)
+    offline_body = ("No run recorded yet.\n" if not offline else
+                    "\n".join(offline_table(run) for run in offline)
+                    + f"\n![throughput and latency]({Path(rel_plot).as_posix()})\n")
+    text = update_section(doc_text, "offline", offline_body, "## Offline throughput")
+    text = update_section(text, "goals", goals_table(offline), "### Goals")
+    serving_body = ("No run recorded yet.\n" if not serving else
+                    "\n".join(serving_table(run) for run in serving))
+    text = update_section(text, "serving", serving_body, "## Online serving")
+    default_body = ("No run recorded yet.\n" if not default_runs else
+                    default_model_table(default_runs))
+    return update_section(text, "default-model", default_body, "## Bundled default model")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, nargs="*",
+                        default=sorted(RESULTS_DIR.glob("*.jsonl")))
+    parser.add_argument("--doc", type=Path, default=DEFAULT_DOC)
+    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
+    args = parser.parse_args(argv)
+    records = read_records(args.results)
+    text = args.doc.read_text() if args.doc.exists() else "# Benchmarks\n"
+    args.doc.write_text(render(records, text, args.plot, args.doc))
+    print(f"wrote {args.doc} from {len(records)} records ({len(args.results)} files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The harness's parts: workloads, shapes, the bench tokenizer, metrics, the report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from bench.bench_tokenizer import build_vocab
+from bench.load import RequestResult, arrival_offsets, check_loopback, run_load
+from bench.metrics import summarize
+from bench.report import render, update_section
+from bench.shapes import SHAPES, build_checkpoint, config_json, tensor_shapes
+from bench.workloads import parse_workload
+
+
+def test_nano_is_nano_vllms_benchmark():
+    workload = parse_workload("nano")
+    assert workload.num_requests == 256
+    assert workload.num_output_tokens == 133_966
+    assert workload.temperature == 0.6
+    assert all(100 <= len(p) <= 1024 for p in workload.prompts)
+    assert all(0 <= t <= 10000 for p in workload.prompts for t in p)
+    assert all(100 <= m <= 1024 for m in workload.max_tokens)
+
+
+def test_fixed_and_batch1_workloads():
+    fixed = parse_workload("fixed-256-256-1024")
+    assert (fixed.num_requests, fixed.num_input_tokens, fixed.num_output_tokens) == (
+        1024, 256 * 1024, 256 * 1024)
+    assert fixed.temperature == 1.0 and not fixed.is_batch1
+    batch1 = parse_workload("batch1")
+    assert batch1.is_batch1 and batch1.max_tokens == [256] and batch1.temperature == 0.0
+    assert parse_workload("batch1-8-16").num_output_tokens == 16
+
+
+@pytest.mark.parametrize("spec", ["fixed-1-2", "fixed-a-2-3", "fixed-0-2-3", "nano2", "batch1-4"])
+def test_bad_workload_names_the_allowed_forms(spec):
+    with pytest.raises(ValueError, match="fixed-IN-OUT-N"):
+        parse_workload(spec)
+
+
+@pytest.mark.parametrize("name", ["qwen3-0.6b", "llama3-8b"])
+def test_shape_tensor_names_match_transformers(name):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = {k: v for k, v in config_json(SHAPES[name], "bfloat16").items()
+              if k not in ("architectures", "torch_dtype", "dtype")}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if SHAPES[name].tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    assert tensor_shapes(SHAPES[name]) == expected
+
+
+def test_tiny_checkpoint_loads_in_transformers_and_is_reused(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = build_checkpoint("tiny", tmp_path, dtype="float32")
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.vocab_size == SHAPES["tiny"].vocab_size
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert len(tokenizer) == SHAPES["tiny"].vocab_size and tokenizer.eos_token_id == 0
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert build_checkpoint("tiny", tmp_path, dtype="float32") == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+def test_bench_tokenizer_decodes_every_id_to_text():
+    vocab = build_vocab(5000)
+    assert len(vocab) == 5000 and sorted(vocab.values()) == list(range(5000))
+    assert all(token for token in vocab)
+
+
+def test_summarize_follows_benchmark_serving_definitions():
+    results = [RequestResult(prompt_len=10, success=True, output_tokens=5, ttft_s=0.1,
+                             latency_s=0.5, itl_s=[0.1] * 4),
+               RequestResult(prompt_len=10, success=True, output_tokens=3, ttft_s=0.3,
+                             latency_s=0.5, itl_s=[0.1, 0.1]),
+               RequestResult(prompt_len=10, error="HTTP 500")]
+    summary = summarize(results, duration_s=2.0)
+    assert (summary["completed"], summary["failed"]) == (2, 1)
+    assert summary["num_output_tokens"] == 8 and summary["output_tok_per_s"] == 4.0
+    assert summary["tpot_ms"]["mean"] == pytest.approx(100.0)  # (0.5-0.1)/4, (0.5-0.3)/2
+    assert summary["ttft_ms"]["p50"] == pytest.approx(200.0)
+    assert summary["itl_ms"]["p99"] == pytest.approx(100.0)
+    assert summary["errors"] == ["HTTP 500"]
+
+
+def test_poisson_arrivals_have_the_asked_rate():
+    offsets = arrival_offsets(4000, rate=8.0, seed=0)
+    assert offsets[0] == 0.0 and all(offsets[1:] >= offsets[:-1])
+    assert 4000 / offsets[-1] == pytest.approx(8.0, rel=0.1)
+    assert not arrival_offsets(5, float("inf"), seed=0).any()
+
+
+def test_load_refuses_other_hosts_than_loopback():
+    check_loopback("http://127.0.0.1:8000")
+    with pytest.raises(ValueError, match="loopback"):
+        check_loopback("http://10.0.0.5:8000")
+    with pytest.raises(ValueError, match="loopback"):
+        asyncio.run(run_load("http://example.com", "m", parse_workload("batch1-8-4"),
+                             1.0, None, 1.0))
+
+
+def test_update_section_replaces_only_its_markers():
+    text = "# B\n\n## Kernels\n\nkept\n"
+    once = update_section(text, "offline", "table 1", "## Offline")
+    assert once.startswith(text.rstrip()) and "table 1" in once
+    twice = update_section(once, "offline", "table 2", "## Offline")
+    assert "table 1" not in twice and "table 2" in twice and twice.count("## Offline") == 1
+
+
+def _record(**fields) -> dict:
+    base = {"date": "2026-01-01T00:00:00Z", "commit": "abc1234", "card": "Card X",
+            "command": "python -m bench.throughput", "shape": "qwen3-0.6b"}
+    return {**base, **fields}
+
+
+def test_render_shows_latest_run_ratios_goals_and_plot(tmp_path):
+    old = _record(kind="offline", engine="lodger", workload="nano", output_tok_per_s=1.0,
+                  req_per_s=1.0, elapsed_s=1.0, date="2025-01-01T00:00:00Z")
+    lodger = _record(kind="offline", engine="lodger", workload="nano", output_tok_per_s=25000.0,
+                     req_per_s=47.8, elapsed_s=5.36, vs={"hf-static": 3.5})
+    peer = _record(kind="offline", engine="hf-static", workload="nano",
+                   output_tok_per_s=7142.9, req_per_s=13.6, elapsed_s=18.8)
+    failed = _record(kind="offline", engine="hf-cb", workload="nano", error="timed out")
+    dist = {"mean": 5.0, "p50": 5.0, "p90": 6.0, "p99": 7.0}
+    serving = [_record(kind="serving", engine="lodger", workload="fixed-8-8-4", request_rate=r,
+                       max_concurrency=None, completed=4, failed=0, req_per_s=2.0,
+                       output_tok_per_s=16.0, ttft_ms=dist, tpot_ms=dist, itl_ms=dist,
+                       command="python -m bench.serving") for r in (4.0, "inf")]
+    default = [_record(kind="serving", engine="lodger", workload="fixed-32-256-4",
+                       request_rate="inf", max_concurrency=1, completed=4, failed=0,
+                       req_per_s=0.3, output_tok_per_s=80.0, ttft_ms=dist, tpot_ms=dist,
+                       itl_ms=dist, shape="default_model", card="CPU x86_64, 2 threads")]
+    doc = tmp_path / "docs" / "benchmarks.md"
+    doc.parent.mkdir()
+    text = render([old, lodger, peer, failed, *serving, *default], "# Benchmarks\n",
+                  tmp_path / "plot.png", doc)
+    assert "| nano | lodger | 25,000.0 |" in text and "| 1.0 |" not in text
+    assert "| nano | hf-static | 7,142.9 | 13.60 |  | 18.80 | 3.50x |" in text
+    assert "failed: timed out" in text
+    assert "| nano on qwen3-0.6b | 20,000 tok/s | 25,000.0 tok/s | met | Card X |" in text
+    assert "| inf | 4 | 0 | 2.00 | 16.0 | 5.0 / 6.0 / 7.0 |" in text
+    assert "| CPU x86_64, 2 threads | fixed-32-256-4 | 1 | 80.0 | 200.0 | 5.0 | met |" in text
+    assert "](../plot.png)" in text and (tmp_path / "plot.png").stat().st_size > 10_000
+    json.dumps(text)  # plain text
