@@ -45,6 +45,21 @@ def timed_step(core, totals: dict[str, float]) -> list:
     return outputs
 
 
+def trace_steps(core, totals: dict[str, float], num_steps: int, kind: str) -> None:
+    """torch.profiler over `num_steps` steps; prints the kernels by CUDA time."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(num_steps):
+            timed_step(core, totals)
+        torch.cuda.synchronize()
+    print(f"---- {num_steps} {kind} steps")
+    averages = prof.key_averages()
+    for order in ("self_cuda_time_total", "self_cpu_time_total"):
+        print(averages.table(sort_by=order, row_limit=15, max_name_column_width=60))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
@@ -53,8 +68,6 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "bench" / "checkpoints")
     parser.add_argument("--trace-steps", type=int, default=5)
     args = parser.parse_args()
-
-    import torch
 
     from lodger.engine import LLM, SamplingParams
 
@@ -69,16 +82,12 @@ def main() -> None:
         core.add_request(str(i), prompt, params)
     totals: dict[str, float] = defaultdict(float)
     start = time.perf_counter()
-    traced = False
+    traced = {"mixed": False, "decode": False}
     while core.has_unfinished_requests():
-        if not traced and core.scheduler.stats().num_waiting == 0 and totals["decode.steps"] > 20:
-            traced = True
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
-                for _ in range(args.trace_steps):
-                    timed_step(core, totals)
-                torch.cuda.synchronize()
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+        kind = "decode" if core.scheduler.stats().num_waiting == 0 else "mixed"
+        if not traced[kind] and totals[f"{kind}.steps"] > 2 + 18 * (kind == "decode"):
+            traced[kind] = True
+            trace_steps(core, totals, args.trace_steps if kind == "decode" else 2, kind)
             continue
         timed_step(core, totals)
     elapsed = time.perf_counter() - start
