@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 import lodger
 from lodger.asgi import serving_chat, serving_completions, serving_tokens
-from lodger.asgi.errors import APIError, from_engine_error
+from lodger.asgi.errors import APIError, from_engine_error, from_validation_error
 from lodger.asgi.metrics import CONTENT_TYPE, render_metrics
 from lodger.asgi.openapi import Operation, openapi_schema
 from lodger.asgi.protocol import (
@@ -63,8 +63,6 @@ async def read_json(request: Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        from lodger.asgi.errors import from_validation_error
-
         raise from_validation_error(exc) from None
 
 

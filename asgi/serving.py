@@ -14,9 +14,10 @@ from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 
 from lodger.asgi.errors import APIError, from_engine_error, from_value_error
+from lodger.asgi.protocol_responses import UsageInfo
 from lodger.asgi.sampling import KNOWN_FIELDS
 from lodger.engine.async_engine import AsyncEngine
-from lodger.engine.errors import EngineNotRunningError
+from lodger.engine.errors import EngineDeadError, EngineNotRunningError, EngineShutdownError
 from lodger.engine.outputs import CompletionOutput, RequestOutput, SampleLogprobs
 from lodger.engine.sampling_params import SamplingParams
 
@@ -60,8 +61,6 @@ def default_model_name(model_dir: str) -> str:
 
 
 def _not_running(engine: AsyncEngine) -> EngineNotRunningError:
-    from lodger.engine.errors import EngineDeadError, EngineShutdownError
-
     if engine.is_dead:
         return EngineDeadError(f"the engine is dead: {engine.dead_error!r}")
     return EngineShutdownError("the engine is shutting down and takes no requests")
@@ -165,9 +164,7 @@ class Usage:
         self.prompt_tokens[prompt_index] = len(out.prompt_token_ids)
         self.completion_tokens += sum(len(c.token_ids) for c in out.outputs)
 
-    def info(self):
-        from lodger.asgi.protocol_responses import UsageInfo
-
+    def info(self) -> UsageInfo:
         prompt_tokens = sum(self.prompt_tokens.values())
         return UsageInfo(
             prompt_tokens=prompt_tokens,

@@ -21,66 +21,25 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
+from lodger.engine.async_streams import (
+    AbortCommand,
+    AddCommand,
+    Stream,
+    abort_output,
+    deliver,
+    post,
+    set_result,
+)
 from lodger.engine.config import EngineConfig
 from lodger.engine.errors import EngineDeadError, EngineShutdownError
-from lodger.engine.outputs import CompletionOutput, RequestOutput
+from lodger.engine.outputs import RequestOutput
 from lodger.engine.request_timing import RequestTiming, TimingSnapshot
 from lodger.engine.sampling_params import SamplingParams
 from lodger.engine.stats import EngineStats
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True, eq=False)
-class _Stream:
-    """One request as both sides see it. Built on the caller's loop; once its add command is
-    taken by the engine thread, only that thread reads or writes the fields below `queue`."""
-
-    request_id: str
-    n: int  # samples the request asked for
-    loop: asyncio.AbstractEventLoop  # the consumer's loop: items are posted there
-    queue: asyncio.Queue  # RequestOutput deltas, or one exception that ends the request
-    arrival_time: float  # time.monotonic() when generate() was called
-    last_output_time: float | None = None  # when the previous delta was dispatched
-    prompt_token_ids: list[int] = field(default_factory=list)  # from the first delta
-    finished_indices: set[int] = field(default_factory=set)  # samples that have ended
-
-
-@dataclass(slots=True)
-class _Add:
-    stream: _Stream
-    prompt: str | list[int]
-    params: SamplingParams
-
-
-@dataclass(slots=True)
-class _Abort:
-    request_id: str
-    # resolved once the engine thread has aborted the request (await engine.abort(...))
-    done: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None
-
-
-def _post(loop: asyncio.AbstractEventLoop, callback, *args) -> bool:
-    """Run callback(*args) on `loop`; False when the loop is closed (nobody will read)."""
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:
-        return False
-    return True
-
-
-def _deliver(items: list[tuple[_Stream, Any]]) -> None:
-    """On the consumer's loop: hand each item to its request's queue."""
-    for stream, item in items:
-        stream.queue.put_nowait(item)
-
-
-def _set_result(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class AsyncEngine:
@@ -102,15 +61,16 @@ class AsyncEngine:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the engine thread sleeps on it
         self._idle = threading.Condition(self._lock)  # close() waits on it for the drain
-        self._inbox: list[_Add | _Abort] = []  # commands not yet taken by the thread
+        self._inbox: list[AddCommand | AbortCommand] = []  # commands not yet taken by the thread
         self._num_live = 0  # requests submitted and not yet ended (under _lock)
         self._accepting = True
         self._stop_requested = False
+        self._exited = False  # the engine thread has stopped taking commands (under _lock)
         self._dead_error: BaseException | None = None  # why the thread died, if it did
         self._started = threading.Event()  # set once the core is built, or the start failed
         # futures of wait_until_ready() callers, resolved when _started is set (under _lock)
         self._ready_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
-        self._streams: dict[str, _Stream] = {}  # engine thread only
+        self._streams: dict[str, Stream] = {}  # engine thread only
         self._core = None
         self._stats = EngineStats()  # latest snapshot, published by the engine thread
         self._timing = RequestTiming()
@@ -205,14 +165,14 @@ class AsyncEngine:
         cancelling the task or closing the generator aborts the request in the engine.
         """
         params = sampling_params if sampling_params is not None else SamplingParams()
-        stream = _Stream(
+        stream = Stream(
             request_id=request_id if request_id is not None else f"req-{uuid.uuid4().hex}",
             n=params.n,
             loop=asyncio.get_running_loop(),
             queue=asyncio.Queue(),
             arrival_time=time.monotonic(),
         )
-        self._submit_add(_Add(stream, prompt, params))
+        self._submit_add(AddCommand(stream, prompt, params))
         ended = False
         try:
             while True:
@@ -226,17 +186,17 @@ class AsyncEngine:
                     return
         finally:
             if not ended:
-                self._submit(_Abort(stream.request_id, None))
+                self._submit(AbortCommand(stream.request_id, None))
 
     async def abort(self, request_id: str) -> None:
         """Abort a request in any state and wait until the engine has freed its blocks. Its
         consumer gets a last output with finish_reason "abort". Unknown ids are ignored."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if self._submit(_Abort(request_id, (loop, future))):
+        if self._submit(AbortCommand(request_id, (loop, future))):
             await future
 
-    def _submit_add(self, command: _Add) -> None:
+    def _submit_add(self, command: AddCommand) -> None:
         with self._lock:
             if self._dead_error is not None:
                 raise EngineDeadError(f"the engine is dead: {self._dead_error!r}")
@@ -246,10 +206,10 @@ class AsyncEngine:
             self._num_live += 1
             self._work.notify()
 
-    def _submit(self, command: _Abort) -> bool:
+    def _submit(self, command: AbortCommand) -> bool:
         """Queue an abort; False when no thread is left to run it."""
         with self._lock:
-            if self._dead_error is not None or not self._thread.is_alive():
+            if self._dead_error is not None or self._exited:
                 return False
             self._inbox.append(command)
             self._work.notify()
@@ -297,19 +257,31 @@ class AsyncEngine:
             logger.exception("lodger: the engine thread died")
             self._fail(exc)
         finally:
+            self._close_inbox()
             self._release()
+
+    def _close_inbox(self) -> None:
+        """Answer the commands that came in after the last take; take no more."""
+        with self._lock:
+            self._exited = True
+            commands, self._inbox = self._inbox, []
+        for command in commands:
+            if isinstance(command, AbortCommand) and command.done is not None:
+                post(command.done[0], set_result, command.done[1])
+            elif isinstance(command, AddCommand):  # (submits are refused once stopping began)
+                self._end(command.stream, EngineShutdownError("the engine was shut down"))
 
     def _run(self, core) -> None:
         while True:
             commands, stop = self._take_commands(core)
             for command in commands:
-                if isinstance(command, _Add):
+                if isinstance(command, AddCommand):
                     self._add(core, command)
                 else:
                     self._abort(core, command)
             if stop:
                 for request_id in list(self._streams):
-                    self._abort(core, _Abort(request_id, None))
+                    self._abort(core, AbortCommand(request_id, None))
                 self._stats = core.stats()
                 return
             if core.has_unfinished_requests():
@@ -319,7 +291,7 @@ class AsyncEngine:
                 self._dispatch(core, outputs)
             self._stats = core.stats()
 
-    def _take_commands(self, core) -> tuple[list[_Add | _Abort], bool]:
+    def _take_commands(self, core) -> tuple[list[AddCommand | AbortCommand], bool]:
         """The inbox, once there is something to do; sleeps while there is nothing."""
         with self._lock:
             while not (self._inbox or self._stop_requested or core.has_unfinished_requests()):
@@ -328,7 +300,7 @@ class AsyncEngine:
             commands, self._inbox = self._inbox, []
             return commands, self._stop_requested
 
-    def _add(self, core, command: _Add) -> None:
+    def _add(self, core, command: AddCommand) -> None:
         stream = command.stream
         try:
             core.add_request(stream.request_id, command.prompt, command.params,
@@ -338,18 +310,18 @@ class AsyncEngine:
             return
         self._streams[stream.request_id] = stream
 
-    def _abort(self, core, command: _Abort) -> None:
+    def _abort(self, core, command: AbortCommand) -> None:
         core.abort_request(command.request_id)
         stream = self._streams.pop(command.request_id, None)
         if stream is not None:
             self._timing.on_abort()
-            self._end(stream, _abort_output(stream))
+            self._end(stream, abort_output(stream))
         if command.done is not None:
-            _post(command.done[0], _set_result, command.done[1])
+            post(command.done[0], set_result, command.done[1])
 
     def _dispatch(self, core, outputs: list[RequestOutput]) -> None:
         now = time.monotonic()
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Any]]] = {}
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[Stream, Any]]] = {}
         num_ended = 0
         for out in outputs:
             stream = self._streams.get(out.request_id)
@@ -365,7 +337,7 @@ class AsyncEngine:
                 num_ended += 1
             batches.setdefault(stream.loop, []).append((stream, out))
         for loop, items in batches.items():
-            if not _post(loop, _deliver, items):  # the consumer's loop is gone
+            if not post(loop, deliver, items):  # the consumer's loop is gone
                 for stream, _ in items:
                     if self._streams.pop(stream.request_id, None) is not None:
                         core.abort_request(stream.request_id)
@@ -374,9 +346,9 @@ class AsyncEngine:
         if num_ended:
             self._count_ended(num_ended)
 
-    def _end(self, stream: _Stream, item: RequestOutput | BaseException) -> None:
+    def _end(self, stream: Stream, item: RequestOutput | BaseException) -> None:
         """Post a request's last item and count it as ended."""
-        _post(stream.loop, _deliver, [(stream, item)])
+        post(stream.loop, deliver, [(stream, item)])
         self._count_ended(1)
 
     def _count_ended(self, num_ended: int) -> None:
@@ -396,14 +368,14 @@ class AsyncEngine:
             self._idle.notify_all()
         streams = list(self._streams.values())
         self._streams.clear()
-        streams += [c.stream for c in commands if isinstance(c, _Add)]
+        streams += [c.stream for c in commands if isinstance(c, AddCommand)]
         for stream in streams:
             error = EngineDeadError(f"the engine died while serving this request: {exc!r}")
             error.__cause__ = exc
-            _post(stream.loop, _deliver, [(stream, error)])
+            post(stream.loop, deliver, [(stream, error)])
         for command in commands:
-            if isinstance(command, _Abort) and command.done is not None:
-                _post(command.done[0], _set_result, command.done[1])
+            if isinstance(command, AbortCommand) and command.done is not None:
+                post(command.done[0], set_result, command.done[1])
         self._set_started()
 
     def _set_started(self) -> None:
@@ -411,7 +383,7 @@ class AsyncEngine:
             self._started.set()
             waiters, self._ready_waiters = self._ready_waiters, []
         for loop, future in waiters:
-            _post(loop, _set_result, future)
+            post(loop, set_result, future)
 
     def _release(self) -> None:
         """Drop the core (model weights and KV cache) and give the memory back."""
@@ -424,13 +396,3 @@ class AsyncEngine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-
-def _abort_output(stream: _Stream) -> RequestOutput:
-    """The last output of a request aborted while its consumer still listens."""
-    outputs = [
-        CompletionOutput(index=i, text="", token_ids=[], cumulative_logprob=None, logprobs=None,
-                         finish_reason="abort")
-        for i in range(stream.n)
-        if i not in stream.finished_indices
-    ]
-    return RequestOutput(stream.request_id, None, stream.prompt_token_ids, outputs, True)
