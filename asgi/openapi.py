@@ -33,8 +33,8 @@ def openapi_schema(operations: list[Operation], title: str, version: str) -> dic
     inputs = {op.request_model for op in operations if op.request_model}
     outputs = {m for op in operations for m in (op.response_model, op.stream_model) if m}
     outputs.add(ErrorResponse)
-    pairs = [(m, "validation") for m in sorted(inputs, key=lambda m: m.__name__)]
-    pairs += [(m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__)]
+    # validation mode for answers too: fields with defaults may be left out (DeltaMessage is)
+    pairs = [(m, "validation") for m in sorted(inputs | outputs, key=lambda m: m.__name__)]
     _, top = models_json_schema(pairs, ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_serializer
 
 
 class UsageInfo(BaseModel):
@@ -93,8 +93,14 @@ class ChatCompletionResponse(BaseModel):
 
 
 class DeltaMessage(BaseModel):
+    """Serialized without its unset parts, as OpenAI does (a last chunk's delta is {})."""
+
     role: Literal["assistant"] | None = None  # only in each choice's first chunk
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_nones(self, handler) -> dict:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatStreamChoice(BaseModel):
