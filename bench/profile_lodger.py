@@ -1,0 +1,133 @@
+"""Where lodger's engine step spends its time on a workload: host phases and GPU kernels.
+
+    python -m bench.profile_lodger --shape qwen3-0.6b --workload nano --out profile.json
+
+Runs the workload through `EngineCore.step()` with each phase timed (schedule, model
+execution, scheduler update, output processing; execution includes waiting for the GPU),
+then profiles a window of decode-only steps with torch.profiler: the share of the window's
+wall time the GPU was busy, and the kernels that took it. A GPU busy well under 100% means
+the host (Python, launches, synchronisation) limits throughput; near 100%, the kernels do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench.records import run_context
+from bench.shapes import SHAPES
+from bench.throughput import DEFAULT_CHECKPOINTS, resolve_model
+from bench.worker import parse_option
+from bench.workloads import parse_workload, warmup_request
+
+PHASES = (("scheduler", "schedule"), ("runner", "execute"), ("scheduler", "update"),
+          ("outputs", "process"))
+
+
+def time_phases(core, totals: dict[str, float]) -> None:
+    """Wrap the step's phase methods on the instances so each call adds to totals[name]."""
+    for owner_name, method_name in PHASES:
+        owner = getattr(core, owner_name)
+        method = getattr(owner, method_name)
+
+        def timed(*args, _method=method, _name=method_name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                totals[_name] += time.perf_counter() - start
+
+        setattr(owner, method_name, timed)
+
+
+def profile_window(core, num_steps: int) -> dict:
+    """torch.profiler over num_steps steps: GPU busy share and the top kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        steps = 0
+        while steps < num_steps and core.has_unfinished_requests():
+            core.step()
+            steps += 1
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    kernels = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None)
+        if device_us is None:
+            device_us = getattr(event, "self_cuda_time_total", 0.0)
+        if device_us > 0:
+            kernels.append((device_us, event.key, event.count))
+    kernels.sort(reverse=True)
+    busy_s = sum(k[0] for k in kernels) / 1e6
+    return {"steps": steps, "wall_s": round(wall, 4),
+            "gpu_busy_share": round(busy_s / wall, 3) if wall else 0.0,
+            "top_kernels": [{"name": name[:120], "ms": round(us / 1000, 3), "calls": count}
+                            for us, name, count in kernels[:15]]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--workload", default="nano")
+    parser.add_argument("--option", action="append", default=[])
+    parser.add_argument("--window", type=int, default=50, help="decode steps to profile")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
+    from lodger.engine import LLM, SamplingParams
+
+    workload = parse_workload(args.workload)
+    model_dir, label = resolve_model(args)
+    llm = LLM(model=str(model_dir), **dict(parse_option(o) for o in args.option))
+    core = llm.engine
+    warm_prompt, warm_tokens = warmup_request()
+    llm.generate([{"prompt_token_ids": warm_prompt}], SamplingParams(max_tokens=warm_tokens),
+                 use_tqdm=False)
+    totals: dict[str, float] = defaultdict(float)
+    time_phases(core, totals)
+    for i, (prompt, max_tokens) in enumerate(zip(workload.prompts, workload.max_tokens,
+                                                  strict=True)):
+        params = SamplingParams(temperature=workload.temperature, ignore_eos=True,
+                                max_tokens=max_tokens)
+        core.add_request(f"p{i}", prompt, params)
+    num_steps, window = 0, None
+    start = time.perf_counter()
+    while core.has_unfinished_requests():
+        stats = core.stats()
+        if window is None and stats.num_waiting == 0 and stats.num_running >= 8:
+            window = profile_window(core, args.window)  # decode-only: every prompt is in
+            window["num_running"] = stats.num_running
+            continue
+        core.step()
+        num_steps += 1
+    wall = time.perf_counter() - start
+    num_steps += window["steps"] if window else 0
+    summary = {
+        "kind": "profile", **run_context(), "shape": label, "workload": workload.name,
+        "wall_s": round(wall, 3), "num_steps": num_steps,
+        "step_ms": round(1000 * wall / max(1, num_steps), 3),
+        "phase_ms_per_step": {name: round(1000 * t / max(1, num_steps), 3)
+                              for name, t in totals.items()},
+        "decode_window": window,
+    }
+    print(json.dumps(summary, indent=1))
+    if args.out is not None:
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
