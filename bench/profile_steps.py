@@ -20,6 +20,7 @@ from bench.worker import parse_option
 from bench.workloads import parse_workload
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+VERBOSE = True
 
 
 def timed_step(core, totals: dict[str, float]) -> list:
@@ -38,6 +39,9 @@ def timed_step(core, totals: dict[str, float]) -> list:
     outputs = core.outputs.process(updated, logprobs)
     t4 = time.perf_counter()
     kind = "decode" if scheduled.total_num_scheduled_tokens == len(scheduled.scheduled) else "mixed"
+    if kind == "mixed" and VERBOSE:
+        print(f"mixed step: {scheduled.total_num_scheduled_tokens} tokens, "
+              f"{len(scheduled.scheduled)} seqs, execute {1e3 * (t2 - t1):.1f} ms")
     for phase, seconds in (("schedule", t1 - t0), ("execute", t2 - t1), ("update", t3 - t2),
                            ("outputs", t4 - t3)):
         totals[f"{kind}.{phase}"] += seconds
