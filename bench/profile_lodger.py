@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.records import run_context
-from bench.shapes import SHAPES
+from bench.shapes import SHAPES, checkpoint_vocab_size
 from bench.throughput import DEFAULT_CHECKPOINTS, resolve_model
 from bench.worker import parse_option
 from bench.workloads import parse_workload, warmup_request
@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from lodger.engine import LLM, SamplingParams
 
-    workload = parse_workload(args.workload)
+    parse_workload(args.workload)  # a bad spec fails before the model is built
     model_dir, label = resolve_model(args)
+    workload = parse_workload(args.workload, checkpoint_vocab_size(model_dir))
     llm = LLM(model=str(model_dir), **dict(parse_option(o) for o in args.option))
     core = llm.engine
     warm_prompt, warm_tokens = warmup_request()

@@ -29,6 +29,8 @@ def load_model(model_dir: Path):
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa")
+    # EOS ignored: generate fills unset fields from the checkpoint's generation_config.json
+    model.generation_config.eos_token_id = None
     return model.to("cuda" if cuda else "cpu").eval()
 
 

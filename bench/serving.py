@@ -27,7 +27,7 @@ from pathlib import Path
 from bench.load import run_load
 from bench.metrics import summarize
 from bench.records import RESULTS_DIR, append_records, run_context
-from bench.shapes import SHAPES
+from bench.shapes import SHAPES, checkpoint_vocab_size
 from bench.throughput import DEFAULT_CHECKPOINTS, REPO_ROOT, resolve_model
 from bench.worker import parse_option
 from bench.workloads import Workload, parse_workload, warmup_request
@@ -164,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             args.rates = [float("inf"), 20.0]
     elif args.out is None:
         args.out = RESULTS_DIR / "serving.jsonl"
-    workload = parse_workload(args.workload)
+    parse_workload(args.workload)  # a bad spec fails before the model is built
     context = run_context(["bench/serving.py", *(argv if argv is not None else sys.argv[1:])])
     model_dir, label = resolve_model(args)
+    workload = parse_workload(args.workload, checkpoint_vocab_size(model_dir))
     port = free_port()
     base_url = f"http://{HOST}:{port}"
     max_requests = max(256, workload.num_requests)

@@ -188,3 +188,8 @@ def build_checkpoint(name: str, root: Path, dtype: str = "bfloat16", device: str
     write_weights(shape, path, dtype, device, seed)
     marker.write_text(json.dumps(record, indent=1))
     return path
+
+
+def checkpoint_vocab_size(path: Path) -> int:
+    """vocab_size of a checkpoint directory's config.json."""
+    return int(json.loads((Path(path) / "config.json").read_text())["vocab_size"])

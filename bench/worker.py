@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bench.records import card_name
+from bench.shapes import checkpoint_vocab_size
 from bench.workloads import parse_workload
 
 ENGINES = ("lodger", "hf-static", "hf-cb")
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    workloads = [parse_workload(spec) for spec in args.workloads.split(",")]
+    vocab_size = checkpoint_vocab_size(args.model)
+    workloads = [parse_workload(spec, vocab_size) for spec in args.workloads.split(",")]
     if args.engine == "lodger":
         from bench.run_lodger import run_lodger
 

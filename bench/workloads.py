@@ -69,8 +69,19 @@ def batch1(input_len: int, output_len: int, name: str) -> Workload:
     return Workload(name, [prompt], [output_len], temperature=0.0)
 
 
-def parse_workload(spec: str) -> Workload:
-    """`nano`, `fixed-IN-OUT-N`, `batch1` or `batch1-IN-OUT` -> Workload."""
+def parse_workload(spec: str, vocab_size: int | None = None) -> Workload:
+    """`nano`, `fixed-IN-OUT-N`, `batch1` or `batch1-IN-OUT` -> Workload.
+
+    vocab_size: a model with fewer ids than MAX_PROMPT_ID + 1 gets each prompt id modulo
+    vocab_size (the same draws, so lengths and max_tokens do not change).
+    """
+    workload = _parse(spec)
+    if vocab_size is not None and vocab_size <= MAX_PROMPT_ID:
+        workload.prompts = [[t % vocab_size for t in p] for p in workload.prompts]
+    return workload
+
+
+def _parse(spec: str) -> Workload:
     parts = spec.split("-")
     try:
         numbers = [int(p) for p in parts[1:]]
