@@ -17,7 +17,7 @@ import time
 import torch
 from torch import Tensor
 
-from lodger.engine.step_inputs import StepInputs, cdiv
+from lodger.engine.step_inputs import TABLE_WIDTH_MULTIPLE, StepInputs, cdiv, round_up
 from lodger.kernels.attention_metadata import AttentionMetadata
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class CudaGraphs:
         self.max_batch = self.buckets[-1]
         self.max_model_len = max_model_len
         device = kv_caches[0][0].device
-        max_blocks = cdiv(max_model_len, config.block_size)
+        # as wide as InputBuilder's widest table (its width is rounded to a multiple)
+        max_blocks = round_up(cdiv(max_model_len, config.block_size), TABLE_WIDTH_MULTIPLE)
         n = self.max_batch
         # Static inputs every graph reads; row i of a replay is the i-th request.
         self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)

@@ -44,6 +44,36 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def round_up(a: int, multiple: int) -> int:
+    return cdiv(a, multiple) * multiple
+
+
+# The host buffer holds, in order: input ids [T], positions [T], slot mapping [T], logits
+# indices [N] (int64), query_start_loc [B + 1], seq_lens [B], block tables [B, W] (int32).
+# Each array starts ARRAY_ALIGNMENT bytes aligned, and W is a multiple of
+# TABLE_WIDTH_MULTIPLE: Triton specialises kernels on the 16-byte alignment of pointers and
+# on integers divisible by 16 (the table's row stride), so alignments that moved with the
+# batch's shape would compile a new kernel variant in the middle of serving.
+BUFFER_DTYPES = (np.int64,) * 4 + (np.int32,) * 3
+TORCH_DTYPES = {np.int64: torch.int64, np.int32: torch.int32}
+ARRAY_ALIGNMENT = 64
+TABLE_WIDTH_MULTIPLE = 16
+
+
+def buffer_layout(
+    num_tokens: int, num_reqs: int, num_samples: int, width: int
+) -> tuple[list[tuple[int, int]], int]:
+    """Byte spans (start, end) of the host buffer's arrays, and the bytes used in all."""
+    lengths = (num_tokens, num_tokens, num_tokens, num_samples, num_reqs + 1, num_reqs,
+               num_reqs * width)
+    spans, end = [], 0
+    for length, dtype in zip(lengths, BUFFER_DTYPES, strict=True):
+        start = round_up(end, ARRAY_ALIGNMENT)
+        end = start + length * np.dtype(dtype).itemsize
+        spans.append((start, end))
+    return spans, end
+
+
 class InputBuilder:
     """Keeps per-request block-table rows and builds StepInputs for each step."""
 
@@ -55,13 +85,15 @@ class InputBuilder:
         self.device = device
         self.max_blocks_per_seq = cdiv(max_model_len, block_size)
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.block_table = np.zeros((max_num_seqs, self.max_blocks_per_seq), dtype=np.int32)
+        # the table's width stays a multiple of TABLE_WIDTH_MULTIPLE (see _build)
+        table_width = round_up(self.max_blocks_per_seq, TABLE_WIDTH_MULTIPLE)
+        self.block_table = np.zeros((max_num_seqs, table_width), dtype=np.int32)
         self.rows: dict[str, _Row] = {}
         self.row_num_blocks = np.zeros(max_num_seqs, dtype=np.int64)  # block ids in each row
         self.free_rows = list(range(max_num_seqs - 1, -1, -1))
         # int64: 3 per token + 1 per request; int32: block table + query_start_loc + seq_lens
-        max_bytes = 8 * (3 * max_num_batched_tokens + max_num_seqs)
-        max_bytes += 4 * (max_num_seqs * (self.max_blocks_per_seq + 2) + 1)
+        _, max_bytes = buffer_layout(max_num_batched_tokens, max_num_seqs, max_num_seqs,
+                                     table_width)
         pin = device.type == "cuda"
         self.host_tensor = torch.empty(max_bytes, dtype=torch.uint8, pin_memory=pin)
         self.host_buffer = self.host_tensor.numpy()  # the same memory, written with numpy
@@ -165,27 +197,19 @@ class InputBuilder:
         )
         sample_rows = np.flatnonzero(num_left == 0)
         max_seq_len = int(seq_lens.max())
-        width = cdiv(max_seq_len, self.block_size)
+        width = round_up(cdiv(max_seq_len, self.block_size), TABLE_WIDTH_MULTIPLE)
         num_samples = len(sample_rows)
 
-        # Lay out the host buffer: int64 [ids T | positions T | slots T | logits idx N],
-        # then int32 [query_start_loc B+1 | seq_lens B | block tables B*W].
-        num_int64 = 3 * total + num_samples
-        num_int32 = 2 * num_reqs + 1 + num_reqs * width
-        num_bytes = 8 * num_int64 + 4 * num_int32
+        spans, num_bytes = buffer_layout(total, num_reqs, num_samples, width)
         assert num_bytes <= len(self.host_buffer), (
             f"{num_reqs} requests scheduled, more than max_num_seqs allows"
         )
         if self.copy_done is not None:
             self.copy_done.synchronize()
-        buffer = self.host_buffer[:num_bytes]
-        int64 = buffer[: 8 * num_int64].view(np.int64)
-        int32 = buffer[8 * num_int64 :].view(np.int32)
-        ids, positions, slots = (int64[i * total : (i + 1) * total] for i in range(3))
-        logits_indices = int64[3 * total :]
-        query_start_loc = int32[: num_reqs + 1]
-        seq_lens_out = int32[num_reqs + 1 : 2 * num_reqs + 1]
-        tables = int32[2 * num_reqs + 1 :].reshape(num_reqs, width)
+        host = [self.host_buffer[start:end].view(dtype)
+                for (start, end), dtype in zip(spans, BUFFER_DTYPES, strict=True)]
+        ids, positions, slots, logits_indices, query_start_loc, seq_lens_out, tables = host
+        tables = tables.reshape(num_reqs, width)
 
         ids[:] = token_ids
         query_start_loc[0] = 0
@@ -209,21 +233,21 @@ class InputBuilder:
         if self.device.type == "cuda":
             self.copy_done = torch.cuda.Event()
             self.copy_done.record()
-        int64_t = device_buffer[: 8 * num_int64].view(torch.int64)
-        int32_t = device_buffer[8 * num_int64 :].view(torch.int32)
+        device = [device_buffer[start:end].view(TORCH_DTYPES[dtype])
+                  for (start, end), dtype in zip(spans, BUFFER_DTYPES, strict=True)]
         meta = AttentionMetadata(
-            slot_mapping=int64_t[2 * total : 3 * total],
-            query_start_loc=int32_t[: num_reqs + 1],
-            seq_lens=int32_t[num_reqs + 1 : 2 * num_reqs + 1],
-            block_tables=int32_t[2 * num_reqs + 1 :].view(num_reqs, width),
+            slot_mapping=device[2],
+            query_start_loc=device[4],
+            seq_lens=device[5],
+            block_tables=device[6].view(num_reqs, width),
             max_query_len=int(num_new.max()),
             max_seq_len=max_seq_len,
         )
         return StepInputs(
-            input_ids=int64_t[:total],
-            positions=int64_t[total : 2 * total],
+            input_ids=device[0],
+            positions=device[1],
             meta=meta,
-            logits_indices=int64_t[3 * total :],
+            logits_indices=device[3],
             sample_rows=sample_rows.tolist(),
             num_tokens=total,
         )

@@ -194,7 +194,13 @@ def test_input_preparation_layout(llama_dir):
     assert inputs.meta.slot_mapping.tolist() == slots
     assert inputs.meta.query_start_loc.tolist() == [0, 1, 8]
     assert inputs.meta.seq_lens.tolist() == [6, 7]
-    assert inputs.meta.block_tables.tolist() == [a.block_ids, b.block_ids]
+    tables = inputs.meta.block_tables.tolist()  # padded with block 0 to a multiple of 16
+    assert [tables[0][:2], tables[1][:2]] == [a.block_ids, b.block_ids]
+    assert all(not any(row[2:]) for row in tables) and len(tables[0]) % 16 == 0
+    for array in (inputs.input_ids, inputs.positions, inputs.logits_indices,
+                  *(getattr(inputs.meta, name) for name in
+                    ("slot_mapping", "query_start_loc", "seq_lens", "block_tables"))):
+        assert array.data_ptr() % 64 == 0, "every input array starts 64-byte aligned"
     assert inputs.meta.max_query_len == 7 and inputs.meta.max_seq_len == 7
     assert inputs.sample_rows == [0] and inputs.logits_indices.tolist() == [0]
 
@@ -233,7 +239,7 @@ def test_block_rows_resync_when_blocks_are_replaced_without_preemption(llama_dir
     assert request.block_ids != old_blocks[: len(request.block_ids)]
     inputs = runner.prepare_inputs(SchedulerOutput([request], [10], 10, set(), 0))
     assert inputs.meta.slot_mapping.tolist() == expected_slots(request, 0, 10)
-    assert inputs.meta.block_tables.tolist() == [request.block_ids]
+    assert inputs.meta.block_tables[:, : len(request.block_ids)].tolist() == [request.block_ids]
 
 
 def test_block_rows_grow_past_max_num_seqs(llama_dir):
