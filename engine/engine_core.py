@@ -47,6 +47,8 @@ class EngineCore:
         )
         self.outputs = OutputProcessor(self.tokenizer, self._finish_stopped)
         self.stats_counters = EngineStats()
+        # the last step's (updated requests, logprobs), turned into outputs by the next step
+        self._unprocessed: tuple[list[Request], dict[str, SampleLogprobs]] | None = None
         logger.info(
             "lodger engine ready: %s on %s (%s), %d KV blocks of %d tokens (%d tokens), "
             "max_model_len %d",
@@ -146,23 +148,36 @@ class EngineCore:
     # ---- the loop -------------------------------------------------------------------------
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._unprocessed is not None
 
     def step(self) -> list[RequestOutput]:
-        if not self.scheduler.has_unfinished_requests():
-            return []
+        """Schedule and launch one step; while the device runs it, turn the previous step's
+        new tokens into outputs (detokenize, stop strings); then update the scheduler with
+        this step's tokens. Outputs therefore trail the model by one step, and a step that
+        schedules nothing only hands out what is left."""
         scheduled = self.scheduler.schedule()
         if scheduled.total_num_scheduled_tokens == 0:
-            return []
-        runner_output = self.runner.execute(scheduled)
+            return self._process_unprocessed()
+        pending = self.runner.launch(scheduled)
+        outputs = self._process_unprocessed()
+        runner_output = pending.result()
         updated = self.scheduler.update(scheduled, runner_output.sampled_token_ids)
         logprobs_by_child: dict[str, SampleLogprobs] = {
             request.request_id: position
             for request, position in zip(scheduled.scheduled, runner_output.logprobs, strict=True)
             if position is not None
         }
+        self._unprocessed = (updated, logprobs_by_child)
+        self.stats_counters.record_step(scheduled.total_num_scheduled_tokens)
+        return outputs
+
+    def _process_unprocessed(self) -> list[RequestOutput]:
+        if self._unprocessed is None:
+            return []
+        updated, logprobs_by_child = self._unprocessed
+        self._unprocessed = None
         outputs = self.outputs.process(updated, logprobs_by_child)
-        self.stats_counters.record_step(scheduled.total_num_scheduled_tokens, outputs)
+        self.stats_counters.record_outputs(outputs)
         return outputs
 
     def stats(self) -> EngineStats:

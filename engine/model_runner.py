@@ -35,6 +35,23 @@ class ModelRunnerOutput:
     logprobs: list[SampleLogprobs | None]  # parallel; None where not asked or not sampled
 
 
+@dataclass(slots=True)
+class PendingStep:
+    """A launched step whose sampled tokens may still be on their way."""
+
+    runner: ModelRunner
+    num_reqs: int  # requests in the step
+    sample_rows: list[int]  # batch rows that sample
+    requests: list  # the requests of those rows
+    sampled: SamplerOutput | None  # device tensors; None when no row samples
+
+    def result(self) -> ModelRunnerOutput:
+        """Wait for the step and copy its tokens (and logprobs) to the host."""
+        if self.sampled is None:
+            return ModelRunnerOutput([None] * self.num_reqs, [None] * self.num_reqs)
+        return self.runner._to_host(self.num_reqs, self.sample_rows, self.requests, self.sampled)
+
+
 class ModelRunner:
     def __init__(
         self, config: EngineConfig, model_config: ModelConfig, device: torch.device,
@@ -124,28 +141,33 @@ class ModelRunner:
 
     def execute(self, out) -> ModelRunnerOutput:
         """Run SchedulerOutput `out`: forward, sample the requests at their last token."""
+        return self.launch(out).result()
+
+    def launch(self, out) -> PendingStep:
+        """Queue the step's device work and return at once (on CUDA the host does not wait);
+        `.result()` waits for the sampled tokens. The caller may do host work in between."""
         for request_id in out.finished_request_ids:
             self.generators.pop(request_id, None)
         self.token_cache.drop(out.finished_request_ids)
         if not out.scheduled:
             self.inputs.drop(out.finished_request_ids)
-            return ModelRunnerOutput([], [])
+            return PendingStep(self, 0, [], [], None)
         assert self.kv_caches, "call init_kv_cache() before execute()"
         inputs = self.prepare_inputs(out)
         num_reqs = len(out.scheduled)
-        if not inputs.sample_rows:
-            with torch.inference_mode():
-                self._forward(inputs)
-            return ModelRunnerOutput([None] * num_reqs, [None] * num_reqs)
         requests = [out.scheduled[i] for i in inputs.sample_rows]
         with torch.inference_mode():
-            hidden = self._forward(inputs)
-            logits = self.model.compute_logits(hidden[inputs.logits_indices])
+            # sampling metadata first: its host->device copies then need not wait for the
+            # forward pass
             meta = SamplingMetadata.from_requests(
                 requests, self.device, self.generators, self.token_cache
-            )
+            ) if requests else None
+            hidden = self._forward(inputs)
+            if meta is None:
+                return PendingStep(self, num_reqs, [], [], None)
+            logits = self.model.compute_logits(hidden[inputs.logits_indices])
             sampled = self.sampler(logits, meta)
-        return self._to_host(num_reqs, inputs.sample_rows, requests, sampled)
+        return PendingStep(self, num_reqs, inputs.sample_rows, requests, sampled)
 
     def _forward(self, inputs: StepInputs) -> Tensor:
         if self.graphs is not None and self.graphs.can_run(inputs):

@@ -29,9 +29,11 @@ class EngineStats:
             return 0.0
         return self.prefix_cache_hits / self.prefix_cache_queries
 
-    def record_step(self, num_scheduled_tokens: int, outputs) -> None:
+    def record_step(self, num_scheduled_tokens: int) -> None:
         self.num_steps += 1
         self.num_scheduled_tokens += num_scheduled_tokens
+
+    def record_outputs(self, outputs) -> None:
         for output in outputs:
             for completion in output.outputs:
                 self.num_generation_tokens += len(completion.token_ids)
