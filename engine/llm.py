@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from lodger.engine.config import EngineConfig
 from lodger.engine.engine_core import EngineCore
-from lodger.engine.outputs import CompletionOutput, RequestOutput
+from lodger.engine.outputs import CompletionOutput, RequestOutput, SampleLogprobs
 from lodger.engine.sampling_params import SamplingParams
 
 PromptInput = str | dict[str, Any]
@@ -76,24 +77,24 @@ class LLM:
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
-        running: dict[str, RequestOutput] = {}
+        running: dict[str, _Accumulator] = {}
         progress = tqdm(total=len(request_ids), desc="Processed prompts", disable=not use_tqdm)
         num_output_tokens, start = 0, time.perf_counter()
         with progress:
             while len(finished) < len(request_ids):
                 for delta in self.engine.step():
-                    num_output_tokens += sum(len(c.token_ids) for c in delta.outputs)
-                    merged = _merge(running.get(delta.request_id), delta)
+                    accumulator = running.get(delta.request_id)
+                    if accumulator is None:
+                        accumulator = running[delta.request_id] = _Accumulator(delta)
+                    num_output_tokens += accumulator.add(delta)
                     if delta.finished:
-                        running.pop(delta.request_id, None)
-                        finished[delta.request_id] = merged
+                        finished[delta.request_id] = running.pop(delta.request_id).output()
                         progress.update(1)
-                    else:
-                        running[delta.request_id] = merged
-                elapsed = time.perf_counter() - start
-                progress.set_postfix_str(f"output {num_output_tokens / elapsed:.1f} tok/s", False)
+                if use_tqdm:
+                    rate = num_output_tokens / (time.perf_counter() - start)
+                    progress.set_postfix_str(f"output {rate:.1f} tok/s", refresh=False)
                 assert finished or self.engine.has_unfinished_requests(), "engine lost requests"
-        return [_sorted_samples(finished[request_id]) for request_id in request_ids]
+        return [finished[request_id] for request_id in request_ids]
 
 
 def _params_per_prompt(
@@ -125,33 +126,52 @@ def _prompt_value(prompt: PromptInput) -> str | list[int]:
     )
 
 
-def _merge(so_far: RequestOutput | None, delta: RequestOutput) -> RequestOutput:
-    """Fold one step's delta into the accumulated output of a request."""
-    if so_far is None:
-        so_far = RequestOutput(
-            delta.request_id, delta.prompt, delta.prompt_token_ids, [], False, delta.metrics
-        )
-    by_index = {c.index: c for c in so_far.outputs}
-    for new in delta.outputs:
-        old = by_index.get(new.index)
-        if old is None:
-            by_index[new.index] = CompletionOutput(
-                new.index, new.text, list(new.token_ids), new.cumulative_logprob,
-                list(new.logprobs) if new.logprobs is not None else None,
-                new.finish_reason, new.stop_reason,
+@dataclass(slots=True)
+class _Sample:
+    """One of a request's n samples, accumulated from step deltas."""
+
+    index: int
+    text_pieces: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[SampleLogprobs] | None = None
+    last: CompletionOutput | None = None  # the latest delta: finish and cumulative logprob
+
+
+class _Accumulator:
+    """Folds one request's delta outputs into its final RequestOutput."""
+
+    def __init__(self, first: RequestOutput):
+        self.first = first  # the first delta: the request's prompt fields
+        self.last = first  # the latest delta: the request's metrics
+        self.samples: dict[int, _Sample] = {}
+
+    def add(self, delta: RequestOutput) -> int:
+        """Fold in one delta; returns the number of new tokens."""
+        num_new = 0
+        self.last = delta
+        for new in delta.outputs:
+            sample = self.samples.get(new.index)
+            if sample is None:
+                sample = self.samples[new.index] = _Sample(new.index)
+            sample.text_pieces.append(new.text)
+            sample.token_ids += new.token_ids
+            if new.logprobs is not None:
+                if sample.logprobs is None:
+                    sample.logprobs = []
+                sample.logprobs += new.logprobs
+            sample.last = new
+            num_new += len(new.token_ids)
+        return num_new
+
+    def output(self) -> RequestOutput:
+        completions = [
+            CompletionOutput(
+                sample.index, "".join(sample.text_pieces), sample.token_ids,
+                sample.last.cumulative_logprob, sample.logprobs,
+                sample.last.finish_reason, sample.last.stop_reason,
             )
-            continue
-        old.text += new.text
-        old.token_ids.extend(new.token_ids)
-        if new.logprobs is not None:
-            old.logprobs.extend(new.logprobs)
-        old.cumulative_logprob = new.cumulative_logprob
-        old.finish_reason, old.stop_reason = new.finish_reason, new.stop_reason
-    so_far.outputs = list(by_index.values())
-    so_far.finished, so_far.metrics = delta.finished, delta.metrics
-    return so_far
-
-
-def _sorted_samples(output: RequestOutput) -> RequestOutput:
-    output.outputs.sort(key=lambda c: c.index)
-    return output
+            for _, sample in sorted(self.samples.items())
+        ]
+        first = self.first
+        return RequestOutput(first.request_id, first.prompt, first.prompt_token_ids, completions,
+                             True, self.last.metrics)
