@@ -27,7 +27,8 @@ def card_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU {cpu}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def commit() -> str:

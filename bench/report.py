@@ -134,8 +134,9 @@ def update_section(text: str, name: str, body: str, heading: str) -> str:
 
 
 def render(records: list[dict], doc_text: str, plot_path: Path, doc_path: Path) -> str:
-    offline = [run for run in latest_runs(records, "offline")
-               if run[0]["shape"] != DEFAULT_MODEL_LABEL]
+    offline_all = latest_runs(records, "offline")
+    offline = [run for run in offline_all if run[0]["shape"] != DEFAULT_MODEL_LABEL]
+    default_offline = [run for run in offline_all if run[0]["shape"] == DEFAULT_MODEL_LABEL]
     serving_all = latest_runs(records, "serving")
     serving = [run for run in serving_all if run[0]["shape"] != DEFAULT_MODEL_LABEL]
     default_runs = [run for run in serving_all if run[0]["shape"] == DEFAULT_MODEL_LABEL]
@@ -152,6 +153,7 @@ def render(records: list[dict], doc_text: str, plot_path: Path, doc_path: Path) 
     text = update_section(text, "serving", serving_body, "## Online serving")
     default_body = ("No run recorded yet.\n" if not default_runs else
                     default_model_table(default_runs))
+    default_body += "".join("\n" + offline_table(run) for run in default_offline)
     return update_section(text, "default-model", default_body, "## Bundled default model")
 
 

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cpu_card(card: str, threads: int) -> str:
     """The card as the server saw it: the client's torch thread count is not the server's."""
-    return card.rsplit(",", 1)[0] + f", {threads} threads" if card.startswith("CPU") else card
+    suffix = f", {threads} thread{'s' if threads > 1 else ''}"
+    return card.rsplit(",", 1)[0] + suffix if card.startswith("CPU") else card
 
 
 if __name__ == "__main__":
