@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from typing import Any
@@ -87,11 +88,35 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     app = create_app(engine, api_key=args.api_key, served_model_name=args.served_model_name,
                      max_concurrent_requests=args.max_concurrent_requests)
+    print(quickstart_banner(args, app.state.lodger.model_name), flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
         engine.close(drain_timeout=30)
     return 0
+
+
+def quickstart_banner(args: argparse.Namespace, model_name: str) -> str:
+    """Ready-to-paste curl and openai examples for the server about to start."""
+    base_url = f"http://{args.host}:{args.port}/v1"
+    auth = f' -H "Authorization: Bearer {args.api_key}"' if args.api_key else ""
+    body = json.dumps({
+        "model": model_name, "max_tokens": 64,
+        "messages": [{"role": "user", "content": "What does os.path.join do?"}],
+    })
+    python = "\n".join([
+        "from openai import OpenAI",
+        f'client = OpenAI(base_url="{base_url}", api_key="{args.api_key or "none"}")',
+        f'r = client.completions.create(model="{model_name}", prompt="def read_file(path):",'
+        " max_tokens=64)",
+        "print(r.choices[0].text)",
+    ])
+    return (
+        f"\nlodger is serving {model_name!r} at {base_url} (OpenAI-compatible). Try:\n\n"
+        f"  curl {base_url}/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
+        f"    -d '{body}'\n\n"
+        f"  python -c '{python}'\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
