@@ -150,3 +150,15 @@ def test_render_shows_latest_run_ratios_goals_and_plot(tmp_path):
     assert "| CPU x86_64, 2 threads | fixed-32-256-4 | 1 | 80.0 | 200.0 | 5.0 | met |" in text
     assert "](../plot.png)" in text and (tmp_path / "plot.png").stat().st_size > 10_000
     json.dumps(text)  # plain text
+
+
+def test_profile_lodger_times_the_step_phases(tmp_path):
+    from bench.profile_lodger import main
+
+    out = tmp_path / "profile.json"
+    assert main(["--shape", "tiny", "--workload", "fixed-16-8-8", "--window", "3",
+                 "--checkpoints", str(tmp_path), "--out", str(out)]) == 0
+    profile = json.loads(out.read_text())
+    assert set(profile["phase_ms_per_step"]) == {"schedule", "launch", "process", "update"}
+    assert profile["num_steps"] >= 8 and profile["decode_window"]["steps"] == 3
+    assert profile["decode_window"]["num_running"] == 8
