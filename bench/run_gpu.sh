@@ -7,6 +7,8 @@
 #   qwen3-nano      nano + batch1 on qwen3-0.6b: lodger, hf-static, hf-cb; then the step
 #                   profile of lodger on nano (bench.profile_lodger)
 #   qwen3-fixed     fixed-256-256-1024 on qwen3-0.6b: lodger, hf-static, hf-cb
+#   llama8b         fixed-256-256-1024 and batch1 on llama3-8b (the shape of those two goals):
+#                   lodger, hf-static, hf-cb
 #   qwen3-serving   lodger serve on qwen3-0.6b, fixed-1024-128-200 at 4, 16, 64 and inf req/s
 #                   (needs the wheels: carry .whl made by `bash ../shared/device/wheels.sh`)
 #   llama8b-batch1  batch1 on llama3-8b: lodger, hf-static, hf-cb
@@ -17,8 +19,8 @@
 set -uo pipefail
 group=${1:-}
 case $group in
-  qwen3-nano|qwen3-fixed|qwen3-serving|llama8b-batch1) ;;
-  *) echo "usage: bash bench/run_gpu.sh qwen3-nano|qwen3-fixed|qwen3-serving|llama8b-batch1"
+  qwen3-nano|qwen3-fixed|qwen3-serving|llama8b|llama8b-batch1) ;;
+  *) echo "usage: bash bench/run_gpu.sh qwen3-nano|qwen3-fixed|qwen3-serving|llama8b|llama8b-batch1"
      exit 2 ;;
 esac
 source bench/gpu_env.sh  # sets $out, makes lodger importable, installs carried wheels
@@ -40,6 +42,10 @@ run_group() {
       python3 -m bench.serving --shape qwen3-0.6b --workload fixed-1024-128-200 \
         --rates 4,16,64,inf --max-seconds 120 --checkpoints "$checkpoints" \
         --out "$out/serving.jsonl" || rc=1 ;;
+    llama8b)
+      # 3 engines x 170 s at most stays inside one 10-minute device call
+      python3 -m bench.throughput --shape llama3-8b --workloads fixed-256-256-1024,batch1 \
+        "${common[@]}" --timeout 170 || rc=1 ;;
     llama8b-batch1)
       python3 -m bench.throughput --shape llama3-8b --workloads batch1 "${common[@]}" || rc=1 ;;
   esac
