@@ -3,20 +3,24 @@
     python bench/kernels.py [--sweep] [--json PATH]
 
 Decode attention: batch 1/32/64/128 x context 1k/4k/8k, 32 q heads, 8 kv heads, head_dim
-128, bf16, block_size 16, block tables shuffled. Bytes counted are the fewest the op must
-move (each sequence's K/V once, q, out, block table); time is the median of CUDA-event
-timings with L2 flushed between runs (triton.testing.do_bench), eager and as a CUDA-graph
-replay (how the engine runs decode). Prefill/extend attention and the small ops too.
---sweep also times launch configurations and prints the best ones.
+128, bf16, block_size 16, block tables shuffled; then the engine's decode step with
+qwen3-0.6b heads (16 q, 8 kv): 256 (and 64) sequences of random lengths, launched as a
+CUDA graph captured with max_seq_len 40960 (max_model_len) over block tables that wide.
+Bytes counted are the fewest the op must move (each sequence's K/V once, q, out, the block
+table entries in use); time is the median of CUDA-event timings with L2 flushed between
+runs (triton.testing.do_bench), eager and as a CUDA-graph replay (how the engine runs
+decode). Prefill/extend attention and the small ops too. --sweep [decode|prefill|all] also
+times launch configurations and prints them best first.
 """
 
 import argparse
 import itertools
 import json
 import math
+import random
 import statistics
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import triton
@@ -32,23 +36,31 @@ NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16
 DEVICE = "cuda"
 ROTATION_BYTES = 256e6  # over 5x the H100's 50 MB L2
+QWEN3_Q_HEADS = 16  # qwen3-0.6b: 16 q heads over 8 kv heads of 128
+GRAPH_MAX_SEQ_LEN = 40960  # qwen3-0.6b's max_model_len, baked into captured decode graphs
 
 
-def attention_inputs(query_lens: list[int], seq_lens: list[int]):
-    """Random q and caches; each sequence owns shuffled blocks of one shared pool."""
+def attention_inputs(
+    query_lens: list[int], seq_lens: list[int], num_q_heads: int = NUM_Q_HEADS,
+    max_seq_len: int | None = None,
+):  # fmt: skip
+    """Random q and caches; each sequence owns shuffled blocks of one shared pool. With
+    max_seq_len, meta and the block tables are as wide as a CUDA graph's static ones."""
     blocks_per_seq = [triton.cdiv(s, BLOCK_SIZE) for s in seq_lens]
     num_blocks = sum(blocks_per_seq)
     cache_shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
     k_cache = torch.randn(cache_shape, device=DEVICE, dtype=DTYPE)
     v_cache = torch.randn(cache_shape, device=DEVICE, dtype=DTYPE)
     perm = torch.randperm(num_blocks, device=DEVICE, dtype=torch.int32)
-    block_tables = torch.zeros(len(seq_lens), max(blocks_per_seq), dtype=torch.int32)
+    max_seq_len = max_seq_len or max(seq_lens)
+    width = triton.cdiv(max_seq_len, BLOCK_SIZE)
+    block_tables = torch.zeros(len(seq_lens), width, dtype=torch.int32)
     start = 0
     for b, n in enumerate(blocks_per_seq):
         block_tables[b, :n] = perm[start : start + n].cpu()
         start += n
     num_tokens = sum(query_lens)
-    q = torch.randn(num_tokens, NUM_Q_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+    q = torch.randn(num_tokens, num_q_heads, HEAD_DIM, device=DEVICE, dtype=DTYPE)
     starts = [0, *itertools.accumulate(query_lens)]
     meta = AttentionMetadata(
         slot_mapping=torch.zeros(num_tokens, dtype=torch.int64, device=DEVICE),  # unused
@@ -56,15 +68,17 @@ def attention_inputs(query_lens: list[int], seq_lens: list[int]):
         seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
         block_tables=block_tables.to(DEVICE),
         max_query_len=max(query_lens),
-        max_seq_len=max(seq_lens),
+        max_seq_len=max_seq_len,
     )
     return q, k_cache, v_cache, meta
 
 
-def attention_bytes(query_lens: list[int], seq_lens: list[int], block_tables) -> int:
+def attention_bytes(
+    query_lens: list[int], seq_lens: list[int], num_q_heads: int = NUM_Q_HEADS
+) -> int:
     kv = sum(seq_lens) * NUM_KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
-    q_and_out = 2 * sum(query_lens) * NUM_Q_HEADS * HEAD_DIM * DTYPE.itemsize
-    return kv + q_and_out + block_tables.numel() * 4
+    q_and_out = 2 * sum(query_lens) * num_q_heads * HEAD_DIM * DTYPE.itemsize
+    return kv + q_and_out + sum(triton.cdiv(s, BLOCK_SIZE) for s in seq_lens) * 4
 
 
 def attention_flops(query_lens: list[int], seq_lens: list[int]) -> int:
@@ -98,38 +112,78 @@ def copy_ceiling() -> float:
     return 2 * src.numel() * src.itemsize / (ms * 1e-3)
 
 
-def decode_case(batch: int, context: int, config: DecodeConfig, graph: bool = True) -> dict:
-    """Eager and graph-replay times of one call after an L2 flush; with graph, also the
-    per-call time of back-to-back calls rotating over input copies that total more than
-    ROTATION_BYTES (steady state of a decode step: each layer reads K/V not in L2)."""
-    query_lens, seq_lens = [1] * batch, [context] * batch
-    q, k_cache, v_cache, meta = attention_inputs(query_lens, seq_lens)
-    out = torch.empty_like(q)
-    scale = HEAD_DIM**-0.5
-    fn = lambda: decode_attention(q, k_cache, v_cache, meta, scale, config, out=out)
-    nbytes = attention_bytes(query_lens, seq_lens, meta.block_tables)
-    eager = median_ms(fn)
+@dataclass(slots=True)
+class DecodeCase:
+    """One decode-attention shape: a batch of context lengths over NUM_KV_HEADS kv heads."""
+
+    name: str
+    seq_lens: list[int]
+    num_q_heads: int = NUM_Q_HEADS
+    max_seq_len: int | None = None  # what meta says (a CUDA graph's); None = max(seq_lens)
+
+
+def uniform_case(name: str, batch: int, low: int, high: int) -> DecodeCase:
+    """batch contexts drawn uniformly from [low, high] (seeded), qwen3-0.6b heads, graph width."""
+    rng = random.Random(0)
+    seq_lens = [rng.randint(low, high) for _ in range(batch)]
+    return DecodeCase(name, seq_lens, QWEN3_Q_HEADS, GRAPH_MAX_SEQ_LEN)
+
+
+def fixed_case(batch: int, context: int) -> DecodeCase:
+    return DecodeCase(f"{batch} x {context}", [context] * batch)
+
+
+DECODE_CASES = [fixed_case(b, c) for b in (1, 32, 64, 128) for c in (1024, 4096, 8192)] + [
+    DecodeCase(f"1 x {c} (graph)", [c], NUM_Q_HEADS, GRAPH_MAX_SEQ_LEN) for c in (1024, 4096, 8192)
+] + [
+    uniform_case("256 x U[100, 2000] (graph)", 256, 100, 2000),
+    uniform_case("256 x U[100, 1100] (graph)", 256, 100, 1100),
+    uniform_case("64 x U[100, 2000] (graph)", 64, 100, 2000),
+]
+
+
+class DecodeInputs:
+    """Input copies of one case totalling more than ROTATION_BYTES (at least one), so that
+    back-to-back calls read K/V that is not in L2 (a decode step's layers)."""
+
+    def __init__(self, case: DecodeCase):
+        query_lens = [1] * len(case.seq_lens)
+        self.case = case
+        self.bytes = attention_bytes(query_lens, case.seq_lens, case.num_q_heads)
+        copies = max(1, min(64, math.ceil(ROTATION_BYTES / self.bytes)))
+        self.sets = [
+            attention_inputs(query_lens, case.seq_lens, case.num_q_heads, case.max_seq_len)
+            for _ in range(copies)
+        ]
+        self.outs = [torch.empty_like(q) for q, *_ in self.sets]
+
+    def call(self, config: DecodeConfig, index: int = 0) -> None:
+        q, k_cache, v_cache, meta = self.sets[index]
+        decode_attention(q, k_cache, v_cache, meta, HEAD_DIM**-0.5, config, out=self.outs[index])
+
+    def call_all(self, config: DecodeConfig) -> None:
+        for i in range(len(self.sets)):
+            self.call(config, i)
+
+
+def decode_case(inputs: DecodeInputs, config: DecodeConfig, eager: bool = True) -> dict:
+    """Eager and graph-replay times of one call after an L2 flush, and the per-call time of
+    back-to-back calls over the rotating copies in one graph (steady state)."""
+    case, nbytes = inputs.case, inputs.bytes
+    batch, max_seq_len = len(case.seq_lens), case.max_seq_len or max(case.seq_lens)
     row = {
-        "batch": batch, "context": context,
-        "num_splits": choose_num_splits(batch, NUM_KV_HEADS, context, config),
-        "bytes": nbytes, "eager_ms": eager, "eager_tb_s": nbytes / eager / 1e9,
+        "case": case.name, "batch": batch, "num_q_heads": case.num_q_heads,
+        "mean_context": statistics.fmean(case.seq_lens), "max_seq_len": max_seq_len,
+        "num_splits": choose_num_splits(batch, NUM_KV_HEADS, max_seq_len, config), "bytes": nbytes,
     }  # fmt: skip
-    if not graph:
-        return row
-    replay = graph_ms(fn)
-    copies = max(1, min(64, math.ceil(ROTATION_BYTES / nbytes)))
-    sets = [(q, k_cache, v_cache, meta)]
-    sets += [attention_inputs(query_lens, seq_lens) for _ in range(copies - 1)]
-    outs = [torch.empty_like(q) for _ in sets]
-
-    def run_all():
-        for (q_i, k_i, v_i, meta_i), out_i in zip(sets, outs, strict=True):
-            decode_attention(q_i, k_i, v_i, meta_i, scale, config, out=out_i)
-
-    rotated = graph_ms(run_all) / copies
+    if eager:
+        row["eager_ms"] = median_ms(lambda: inputs.call(config))
+        row["eager_tb_s"] = nbytes / row["eager_ms"] / 1e9
+    replay = graph_ms(lambda: inputs.call(config))
+    rotated = graph_ms(lambda: inputs.call_all(config)) / len(inputs.sets)
     return row | {
-        "graph_ms": replay, "graph_tb_s": nbytes / replay / 1e9,
-        "copies": copies, "rotated_ms": rotated, "rotated_tb_s": nbytes / rotated / 1e9,
+        "graph_ms": replay, "graph_tb_s": nbytes / replay / 1e9, "copies": len(inputs.sets),
+        "rotated_ms": rotated, "rotated_tb_s": nbytes / rotated / 1e9,
     }  # fmt: skip
 
 
@@ -148,7 +202,7 @@ def prefill_case(name: str, config: PrefillConfig) -> dict:
     ms = median_ms(
         lambda: prefill_attention(q, k_cache, v_cache, meta, HEAD_DIM**-0.5, config, out=out)
     )
-    nbytes = attention_bytes(query_lens, seq_lens, meta.block_tables)
+    nbytes = attention_bytes(query_lens, seq_lens)
     flops = attention_flops(query_lens, seq_lens)
     return {
         "case": name, "ms": ms, "bytes": nbytes, "tb_s": nbytes / ms / 1e9,
@@ -198,30 +252,38 @@ def small_ops() -> list[dict]:
     return rows
 
 
+# (block_n, num_warps, num_stages), then (target_programs, min_tokens_per_split)
+SWEEP_TILES = list(itertools.product([32, 64, 128], [4, 8], [2, 4]))
+SWEEP_SPLITS = list(itertools.product([264, 528, 1056], [128, 256, 512]))
+
+
 def sweep_decode() -> list[dict]:
-    shapes = [(1, 4096), (1, 8192), (32, 4096), (128, 8192)]
+    """Tile shapes with the default split, then the split heuristic with the best tile shape;
+    scored by the geometric mean of steady (graph-replayed, rotating-input) TB/s."""
+    cases = [fixed_case(1, 4096), fixed_case(1, 8192), fixed_case(32, 4096),
+             fixed_case(128, 1024), *DECODE_CASES[-3:-1]]  # fmt: skip
+    inputs = [DecodeInputs(case) for case in cases]
     results = []
-    for block_n, warps, stages in itertools.product([32, 64, 128], [4, 8], [2, 4]):
+    for block_n, warps, stages in SWEEP_TILES:
         config = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages)
-        results.append(_score_decode(config, shapes))
+        results.append(_score_decode(config, inputs))
     best = DecodeConfig(**max(results, key=lambda r: r["geomean_tb_s"])["config"])
-    for target, min_tokens in itertools.product([264, 528, 1056], [128, 256, 512]):
-        config = DecodeConfig(
-            block_n=best.block_n, num_warps=best.num_warps, num_stages=best.num_stages,
-            target_programs=target, min_tokens_per_split=min_tokens,
-        )  # fmt: skip
-        results.append(_score_decode(config, [*shapes, (64, 1024), (32, 8192)]))
+    for target, min_tokens in SWEEP_SPLITS:
+        config = replace(best, target_programs=target, min_tokens_per_split=min_tokens)
+        results.append(_score_decode(config, inputs))
     return sorted(results, key=lambda r: -r["geomean_tb_s"])
 
 
-def _score_decode(config: DecodeConfig, shapes) -> dict:
+def _score_decode(config: DecodeConfig, inputs: list[DecodeInputs]) -> dict:
     try:
-        rates = [decode_case(b, c, config, graph=False)["eager_tb_s"] for b, c in shapes]
+        rates = [decode_case(i, config, eager=False)["rotated_tb_s"] for i in inputs]
     except Exception as error:  # a config the compiler rejects (e.g. too much shared memory)
         print(f"decode {config} failed: {error!r:.200}", file=sys.stderr)
         rates = [1e-9]
     geomean = math.exp(statistics.fmean(math.log(r) for r in rates))
-    return {"config": asdict(config), "tb_s": rates, "geomean_tb_s": geomean}
+    print(f"  {geomean:.3f}  {[round(r, 2) for r in rates]}  {asdict(config)}", flush=True)
+    return {"config": asdict(config), "cases": [i.case.name for i in inputs], "tb_s": rates,
+            "geomean_tb_s": geomean}  # fmt: skip
 
 
 # (block_rows, block_n, num_warps, num_stages)
@@ -248,7 +310,10 @@ def sweep_prefill() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", action="store_true", help="also time launch configurations")
+    parser.add_argument(
+        "--sweep", nargs="?", const="all", choices=["decode", "prefill", "all"],
+        help="also time launch configurations (default: all)",
+    )  # fmt: skip
     parser.add_argument("--json", help="write all results to this file")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
@@ -259,20 +324,20 @@ def main() -> None:
     }  # fmt: skip
     print(f"{report['device']}, {report['sm_count']} SMs, torch {torch.__version__}, "
           f"triton {triton.__version__}; copy ceiling {report['copy_tb_s']:.2f} TB/s")  # fmt: skip
-    report["decode"] = [
-        decode_case(b, c, DecodeConfig()) for b in (1, 32, 64, 128) for c in (1024, 4096, 8192)
-    ]
+    report["decode"] = [decode_case(DecodeInputs(case), DecodeConfig()) for case in DECODE_CASES]
     report["prefill"] = [prefill_case(name, PrefillConfig()) for name in PREFILL_CASES]
     report["small_ops"] = small_ops()
     write_json(report, args.json)
     print_tables(report)
-    if args.sweep:
+    if args.sweep in ("decode", "all"):
+        print("\ndecode sweep (geomean of steady TB/s, then per case):", flush=True)
         report["decode_sweep"] = sweep_decode()
         write_json(report, args.json)
-        print("\ndecode sweep, best 6 (geomean TB/s over the shapes, eager):")
-        for row in report["decode_sweep"][:6]:
+        print("decode sweep, best 8:")
+        for row in report["decode_sweep"][:8]:
             rates = [round(r, 2) for r in row["tb_s"]]
             print(f"  {row['geomean_tb_s']:.3f}  {row['config']}  {rates}")
+    if args.sweep in ("prefill", "all"):
         report["prefill_sweep"] = sweep_prefill()
         write_json(report, args.json)
         print("prefill sweep, best 6 (ms per case):")
@@ -288,15 +353,16 @@ def write_json(report: dict, path: str | None) -> None:
 
 def print_tables(report: dict) -> None:
     peak = PEAK_BYTES_PER_S / 1e12
-    print(f"\npaged decode attention (bf16, Hq {NUM_Q_HEADS}, Hkv {NUM_KV_HEADS}, D {HEAD_DIM}, "
-          f"block {BLOCK_SIZE}); % of {peak:.1f} TB/s. 'single': one call after an L2 flush; "
-          f"'steady': back-to-back calls over rotating inputs > {ROTATION_BYTES / 1e6:.0f} MB; "
-          "both CUDA-graph replays")  # fmt: skip
-    print("| batch | context | splits | MB moved | eager us | single us | single TB/s "
-          "| steady us | steady TB/s | steady % |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"\npaged decode attention (bf16, Hkv {NUM_KV_HEADS}, D {HEAD_DIM}, "
+          f"block {BLOCK_SIZE}); % of {peak:.1f} TB/s. 'single': one call after an L2 "
+          "flush; 'steady': back-to-back calls over rotating inputs > "
+          f"{ROTATION_BYTES / 1e6:.0f} MB; both graph replays")  # fmt: skip
+    print("| case | Hq | mean context | max_seq_len | splits | MB moved | eager us | single us "
+          "| single TB/s | steady us | steady TB/s | steady % |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in report["decode"]:
-        print(f"| {r['batch']} | {r['context']} | {r['num_splits']} | {r['bytes'] / 1e6:.1f} | "
+        print(f"| {r['case']} | {r['num_q_heads']} | {r['mean_context']:.0f} | "
+              f"{r['max_seq_len']} | {r['num_splits']} | {r['bytes'] / 1e6:.1f} | "
               f"{r['eager_ms'] * 1e3:.1f} | {r['graph_ms'] * 1e3:.1f} | {r['graph_tb_s']:.2f} | "
               f"{r['rotated_ms'] * 1e3:.1f} | {r['rotated_tb_s']:.2f} | "
               f"{100 * r['rotated_tb_s'] / peak:.0f}% |")  # fmt: skip

@@ -103,6 +103,21 @@ def test_decode_attention_cuda_graph_replays():
         check(out, q, k_cache, v_cache, meta, 0.09)
 
 
+def test_decode_attention_variable_lengths_graph_width():
+    """The engine's decode step: sequences of 1..2000 tokens, GQA 2 (qwen3-0.6b), and
+    max_seq_len 40960 as a captured CUDA graph bakes in (the split count is chosen for the
+    longest context the graph allows, so a short sequence leaves most of its splits empty)."""
+    from lodger.kernels.decode_attention import decode_attention
+
+    generator = torch.Generator().manual_seed(1)
+    for num_seqs in (256, 16):  # one split; five
+        seq_lens = torch.randint(1, 2001, (num_seqs,), generator=generator).tolist()
+        q, k_cache, v_cache, meta = batch([1] * num_seqs, seq_lens, 16, 8, 128)
+        meta.max_seq_len = 40960
+        out = decode_attention(q, k_cache, v_cache, meta, 0.088, out=nan_like(q))
+        check(out, q, k_cache, v_cache, meta, 0.088)
+
+
 def test_write_kv_cache():
     from lodger.kernels.kv_cache_write import write_kv_cache
 
