@@ -44,6 +44,8 @@ class PendingStep:
     sample_rows: list[int]  # batch rows that sample
     requests: list  # the requests of those rows
     sampled: SamplerOutput | None  # device tensors; None when no row samples
+    # pinned host sources of the sampling metadata's non-blocking copies, kept until result()
+    host_buffers: list | None = None
 
     def result(self) -> ModelRunnerOutput:
         """Wait for the step and copy its tokens (and logprobs) to the host."""
@@ -71,7 +73,9 @@ class ModelRunner:
         torch.manual_seed(config.seed)  # unseeded sampling draws from torch's default RNG
         self.model = load_model(config.model, model_config, self.device, dtype, self.max_model_len)
         self.sampler = Sampler()
-        self.generators: dict[str, torch.Generator] = {}  # seeded requests, by request id
+        # request id -> seed of its random stream (SamplingMetadata.from_requests draws one
+        # for an unseeded request when it first samples); dropped when the request finishes
+        self.generators: dict[str, int] = {}
         self.token_cache = TokenIdCache()  # int64 prompt/output ids for the penalties
         self.inputs = InputBuilder(
             config.block_size, self.max_model_len, config.max_num_seqs,
@@ -167,7 +171,9 @@ class ModelRunner:
                 return PendingStep(self, num_reqs, [], [], None)
             logits = self.model.compute_logits(hidden[inputs.logits_indices])
             sampled = self.sampler(logits, meta)
-        return PendingStep(self, num_reqs, inputs.sample_rows, requests, sampled)
+        return PendingStep(
+            self, num_reqs, inputs.sample_rows, requests, sampled, meta.host_buffers
+        )
 
     def _forward(self, inputs: StepInputs) -> Tensor:
         if self.graphs is not None and self.graphs.can_run(inputs):

@@ -1,11 +1,23 @@
 """Sampling one token per request from a batch of logits, without host synchronisation.
 
 `SamplingMetadata.from_requests` turns the step's requests into a few [N] tensors (plain
-Python over the requests, once per step); `Sampler()(logits, meta)` then runs one pass over
-the batch: penalties -> min_tokens ban -> greedy argmax -> temperature -> top-k -> top-p ->
-min-p -> draw. Random rows draw with the exponential trick, argmax(probs / q) with
-q ~ Exp(1), which samples from probs exactly. Seeded rows take their q from their own
-torch.Generator, so a seed gives the same tokens whatever else is in the batch.
+Python over the requests, once per step, staged in pinned memory and copied without
+blocking); `Sampler()(logits, meta)` then samples each row: penalties -> min_tokens ban ->
+temperature -> top-k -> top-p -> min-p -> draw, greedy rows (temperature 0) taking the
+argmax. A random row draws with the exponential trick, argmax(logits / T - log q) with
+q ~ Exp(1), which samples from softmax(logits / T) exactly.
+
+CUDA: the draw is the Triton kernel of lodger.kernels.sampling, one pass over the logits
+with the noise made in the kernel by Philox from the row's seed and its number of output
+tokens. A row's stream seed is the request's `seed`, or one drawn from torch's default
+generator when the request is first sampled (so runs repeat given EngineConfig.seed), so a
+seeded request gets the same tokens whatever else is in the batch. Rows without penalties,
+bans or filters (the common case) go straight to the kernel; the others are processed by
+the torch ops below first and then drawn by the same kernel.
+
+CPU: the same steps in torch; unseeded rows draw q from torch's default generator, seeded
+rows from a generator seeded with (seed, number of output tokens), so seeds are batch
+independent there too (CPU and CUDA draw different numbers).
 
 Nothing here reads a tensor value on the host (no .item(), .tolist(), boolean indexing or
 branches on tensor values), so on CUDA the whole call is queued without waiting on the GPU.
@@ -21,11 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lodger.kernels import ops
+
 if TYPE_CHECKING:
     from lodger.engine.request import Request
 
 # Token id lists are padded with this; it is mapped to a spare column V before scattering.
 PAD_TOKEN_ID = -1
+_MASK64 = 2**64 - 1
 
 
 @dataclass(slots=True)
@@ -37,9 +52,11 @@ class SamplingMetadata:
 
     num_rows: int  # N
     all_greedy: bool  # every row takes the argmax: nothing random is computed
-    all_random: bool  # no row is greedy: no argmax pass
-    greedy_mask: Tensor | None  # [N] bool, True on greedy rows; None if all_greedy/all_random
-    temperature: Tensor | None  # [N] float32, 1.0 on greedy rows; None if all random rows use 1
+    all_random: bool  # no row is greedy
+    temperature: Tensor  # [N] float32, 0.0 on greedy rows
+    scales_logits: bool  # some random row has a temperature other than 1
+    seeds: Tensor  # [N] int64, each random row's stream seed (Philox key); 0 on greedy rows
+    steps: Tensor  # [N] int64, each row's number of output tokens: the draw's Philox counter
     top_k: Tensor | None  # [N] int64, 0 = off; None when no random row uses top-k
     max_top_k: int  # largest top_k in the batch (host int for torch.topk), 0 when none
     top_p: Tensor | None  # [N] float32, 1.0 = off; None when no random row uses top-p
@@ -52,22 +69,38 @@ class SamplingMetadata:
     #                                  penalty only; None when no row has one
     banned_token_ids: Tensor | None  # [N, B] int64 padded with -1: EOS and stop_token_ids of
     #                                  rows below min_tokens; None when no row is
-    generators: dict[int, torch.Generator]  # row -> generator of each seeded random row
+    generators: dict[int, torch.Generator]  # CPU only: row -> this step's generator of each
+    #                                         seeded random row; {} on CUDA
     max_num_logprobs: int | None  # largest `logprobs` asked in the batch; None when none asks
+    host_buffers: list[Tensor]  # pinned sources of the copies above, kept until they are done
+
+    @property
+    def processes_logits(self) -> bool:
+        """Whether some row needs penalties, a ban or a filter before the draw."""
+        return (
+            self.presence_penalties is not None
+            or self.banned_token_ids is not None
+            or self.top_k is not None
+            or self.top_p is not None
+            or self.min_p is not None
+        )
 
     @classmethod
     def from_requests(
         cls,
         requests: Sequence[Request],
         device: torch.device | str,
-        generators: dict[str, torch.Generator],
+        seeds: dict[str, int],
         token_cache: TokenIdCache | None = None,
     ) -> SamplingMetadata:
-        """Build the step's metadata. `generators` maps request id -> generator and is kept by
-        the caller across steps: a seeded request's generator is created from its seed on its
-        first sampled step and then advanced by each draw (drop it when the request finishes).
-        `token_cache` (optional, kept likewise) makes the penalties' token tensors cost only the
-        tokens added since the last step instead of the whole prompt and output.
+        """Build the step's metadata. `seeds` maps request id -> stream seed and is kept by
+        the caller across steps: a random request gets its entry (its own seed, or one drawn
+        from torch's default generator) when first sampled; drop it when the request
+        finishes. `token_cache` (optional, kept likewise) makes the penalties' token tensors
+        cost only the tokens added since the last step instead of the whole prompt and output.
+
+        Host tensors reach the device through pinned memory with non-blocking copies, so
+        building the metadata does not wait for the GPU.
         """
         device = torch.device(device)
         params = [request.sampling_params for request in requests]
@@ -75,18 +108,24 @@ class SamplingMetadata:
         greedy = [p.is_greedy for p in params]
         num_greedy = sum(greedy)
         random_params = [p for p, g in zip(params, greedy, strict=True) if not g]
-        floats = torch.tensor(_float_rows(params, greedy), dtype=torch.float32).to(device)
+        row_seeds = _row_seeds(requests, greedy, seeds)
+        steps = [request.num_output_tokens for request in requests]
+        host_buffers: list[Tensor] = []
+        ints, floats = _upload_rows(params, greedy, row_seeds, steps, device, host_buffers)
+        seed_row, step_row, top_k = ints.unbind(0)
         temperature, top_p, min_p, presence, frequency, repetition = floats.unbind(0)
         has_penalties = any(p.has_penalties for p in params)
         logprobs = [p.logprobs for p in params if p.logprobs is not None]
-        output_ids, prompt_ids = _penalty_token_ids(requests, device, token_cache)
+        output_ids, prompt_ids = _penalty_token_ids(requests, device, token_cache, host_buffers)
         return cls(
             num_rows=num_rows,
             all_greedy=num_greedy == num_rows,
             all_random=num_greedy == 0,
-            greedy_mask=(torch.tensor(greedy).to(device) if 0 < num_greedy < num_rows else None),
-            temperature=temperature if any(p.temperature != 1 for p in random_params) else None,
-            top_k=_top_k(params, greedy, device) if any(p.top_k for p in random_params) else None,
+            temperature=temperature,
+            scales_logits=any(p.temperature != 1 for p in random_params),
+            seeds=seed_row,
+            steps=step_row,
+            top_k=top_k if any(p.top_k for p in random_params) else None,
             max_top_k=max((p.top_k for p in random_params), default=0),
             top_p=top_p if any(p.top_p < 1 for p in random_params) else None,
             min_p=min_p if any(p.min_p > 0 for p in random_params) else None,
@@ -95,9 +134,10 @@ class SamplingMetadata:
             repetition_penalties=repetition if has_penalties else None,
             output_token_ids=output_ids,
             prompt_token_ids=prompt_ids,
-            banned_token_ids=_banned_token_ids(requests, device),
-            generators=_row_generators(requests, greedy, device, generators),
+            banned_token_ids=_banned_token_ids(requests, device, host_buffers),
+            generators=_cpu_generators(params, row_seeds, steps) if device.type == "cpu" else {},
             max_num_logprobs=max(logprobs) if logprobs else None,
+            host_buffers=host_buffers,
         )
 
 
@@ -117,48 +157,78 @@ class Sampler:
         assert logits.dim() == 2 and logits.shape[0] == meta.num_rows, (
             f"logits {tuple(logits.shape)} do not match {meta.num_rows} sampling rows"
         )
-        raw = logits.float()
-        token_ids = self._sample(raw, meta)
+        if logits.is_cuda:
+            token_ids = _sample_cuda(logits, meta)
+        else:
+            token_ids = _sample_cpu(logits.float(), meta)
         if meta.max_num_logprobs is None:
             return SamplerOutput(token_ids, None, None, None, None)
-        return _logprobs(raw, token_ids, meta.max_num_logprobs)
+        return _logprobs(logits.float(), token_ids, meta.max_num_logprobs)
 
-    def _sample(self, raw: Tensor, meta: SamplingMetadata) -> Tensor:
-        logits = raw
-        if meta.presence_penalties is not None or meta.banned_token_ids is not None:
-            logits = raw.clone()
-            if meta.presence_penalties is not None:
-                apply_penalties(logits, meta)
-            if meta.banned_token_ids is not None:
-                logits.masked_fill_(_token_mask(meta.banned_token_ids, logits.shape[1]), -torch.inf)
-        if meta.all_greedy:
-            return logits.argmax(dim=-1)
-        greedy_ids = None if meta.all_random else logits.argmax(dim=-1)
-        # _draw changes its input in place: never hand it the caller's logits
-        random_ids = self._draw(logits.clone() if logits is raw else logits, meta)
-        if greedy_ids is None:
-            return random_ids
-        return torch.where(meta.greedy_mask, greedy_ids, random_ids)
 
-    def _draw(self, logits: Tensor, meta: SamplingMetadata) -> Tensor:
-        """Temperature, filters and the exponential-trick draw; `logits` is ours to change."""
-        if meta.temperature is not None:
-            logits.div_(meta.temperature[:, None])
-        if meta.top_p is not None:
-            logits = apply_top_k_top_p(logits, meta.top_k, meta.top_p)
-        elif meta.top_k is not None:
-            apply_top_k(logits, meta.top_k, meta.max_top_k)
-        if meta.min_p is not None:
-            apply_min_p(logits, meta.min_p)
-        probs = logits.softmax(dim=-1)
-        q = torch.empty_like(probs)
-        if len(meta.generators) < meta.num_rows:
-            q.exponential_()
-        for row, generator in meta.generators.items():
-            q[row].exponential_(generator=generator)
-        # Exp(1) can return 0; a 0 would turn a zero-probability token into 0/0 = NaN.
-        q.clamp_min_(torch.finfo(q.dtype).tiny)
-        return probs.div_(q).argmax(dim=-1)
+def _sample_cuda(logits: Tensor, meta: SamplingMetadata) -> Tensor:
+    """The fused draw, after the torch processing when some row needs it."""
+    temperature = meta.temperature
+    if meta.processes_logits:
+        logits = process_logits(logits.float(), meta)
+        temperature = (temperature > 0).float()  # random rows are scaled already
+    from lodger.kernels import sampling
+
+    if ops.use_triton(logits):
+        return sampling.sample(logits, temperature, meta.seeds, meta.steps)
+    return sampling.reference_sample(logits, temperature, meta.seeds, meta.steps)
+
+
+def _sample_cpu(raw: Tensor, meta: SamplingMetadata) -> Tensor:
+    logits = process_logits(raw, meta)
+    if meta.all_greedy:
+        return logits.argmax(dim=-1)
+    random_ids = _draw(logits, meta)
+    if meta.all_random:
+        return random_ids
+    return torch.where(meta.temperature == 0, logits.argmax(dim=-1), random_ids)
+
+
+def process_logits(raw: Tensor, meta: SamplingMetadata) -> Tensor:
+    """Penalties, min_tokens ban, temperature, top-k, top-p and min-p on float32 logits [N, V].
+
+    Returns `raw` itself when nothing applies, else a new tensor (`raw` is never changed).
+    Greedy rows get the penalties and the ban only: they stay unscaled and unfiltered.
+    """
+    logits = raw
+    if meta.presence_penalties is not None or meta.banned_token_ids is not None:
+        logits = raw.clone()
+        if meta.presence_penalties is not None:
+            apply_penalties(logits, meta)
+        if meta.banned_token_ids is not None:
+            logits.masked_fill_(_token_mask(meta.banned_token_ids, logits.shape[1]), -torch.inf)
+    if meta.all_greedy:
+        return logits
+    filters = meta.top_k is not None or meta.top_p is not None or meta.min_p is not None
+    if logits is raw and (meta.scales_logits or filters):
+        logits = raw.clone()
+    if meta.scales_logits:
+        logits.div_(torch.where(meta.temperature > 0, meta.temperature, 1.0)[:, None])
+    if meta.top_p is not None:
+        logits = apply_top_k_top_p(logits, meta.top_k, meta.top_p)
+    elif meta.top_k is not None:
+        apply_top_k(logits, meta.top_k, meta.max_top_k)
+    if meta.min_p is not None:
+        apply_min_p(logits, meta.min_p)
+    return logits
+
+
+def _draw(logits: Tensor, meta: SamplingMetadata) -> Tensor:
+    """CPU: the exponential-trick draw, argmax(probs / q)."""
+    probs = logits.softmax(dim=-1)
+    q = torch.empty_like(probs)
+    if len(meta.generators) < meta.num_rows:
+        q.exponential_()
+    for row, generator in meta.generators.items():
+        q[row].exponential_(generator=generator)
+    # Exp(1) can return 0; a 0 would turn a zero-probability token into 0/0 = NaN.
+    q.clamp_min_(torch.finfo(q.dtype).tiny)
+    return probs.div_(q).argmax(dim=-1)
 
 
 def apply_penalties(logits: Tensor, meta: SamplingMetadata) -> None:
@@ -241,27 +311,77 @@ def _pairs(requests: Sequence[Request]):
     return ((request, request.sampling_params) for request in requests)
 
 
-def _float_rows(params, greedy: list[bool]) -> list[list[float]]:
-    """The six per-row float parameters; greedy rows get neutral sampling values."""
-    rows: list[list[float]] = [[], [], [], [], [], []]
-    for p, is_greedy in zip(params, greedy, strict=True):
-        rows[0].append(1.0 if is_greedy else p.temperature)
-        rows[1].append(1.0 if is_greedy else p.top_p)
-        rows[2].append(0.0 if is_greedy else p.min_p)
-        rows[3].append(p.presence_penalty)
-        rows[4].append(p.frequency_penalty)
-        rows[5].append(p.repetition_penalty)
-    return rows
-
-
-def _top_k(params, greedy: list[bool], device: torch.device) -> Tensor:
-    return torch.tensor([0 if g else p.top_k for p, g in zip(params, greedy, strict=True)]).to(
-        device
+def _row_seeds(requests: Sequence[Request], greedy: list[bool], seeds: dict[str, int]) -> list[int]:
+    """Each random row's stream seed, 0 on greedy rows; new random requests get theirs in
+    `seeds`: their own seed, or one drawn from torch's default (CPU) generator."""
+    new = [
+        request
+        for request, is_greedy in zip(requests, greedy, strict=True)
+        if not is_greedy and request.request_id not in seeds
+    ]
+    unseeded = [request.request_id for request in new if request.sampling_params.seed is None]
+    drawn = torch.randint(2**62, (len(unseeded),)).tolist() if unseeded else []
+    seeds.update(zip(unseeded, drawn, strict=True))
+    seeds.update(
+        (r.request_id, r.sampling_params.seed) for r in new if r.sampling_params.seed is not None
     )
+    return [0 if g else seeds[r.request_id] for r, g in zip(requests, greedy, strict=True)]
+
+
+def _upload_rows(
+    params, greedy: list[bool], row_seeds: list[int], steps: list[int],
+    device: torch.device, host_buffers: list[Tensor],
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One copy of the per-row values: ([3, N] int64 seeds, steps, top_k; [6, N] float32
+    temperature, top_p, min_p, presence, frequency, repetition). Greedy rows get neutral
+    sampling values (temperature 0, the filters off)."""
+    num_rows = len(params)
+    array = np.empty((6, num_rows), dtype=np.int64)  # 3 rows of ints, then the 6 float rows
+    floats = array[3:].view(np.float32).reshape(6, num_rows)
+    array[0] = [((seed + 2**63) & _MASK64) - 2**63 for seed in row_seeds]  # as int64 bits
+    array[1] = steps
+    for row, (p, is_greedy) in enumerate(zip(params, greedy, strict=True)):
+        array[2, row] = 0 if is_greedy else p.top_k
+        floats[:3, row] = (0.0, 1.0, 0.0) if is_greedy else (p.temperature, p.top_p, p.min_p)
+        floats[3:, row] = (p.presence_penalty, p.frequency_penalty, p.repetition_penalty)
+    on_device = _to_device(array, device, host_buffers)
+    return on_device[:3], on_device[3:].view(torch.float32).view(6, num_rows)
+
+
+def _to_device(array: np.ndarray, device: torch.device, host_buffers: list[Tensor]) -> Tensor:
+    """A numpy array on `device`; to CUDA through a pinned copy (kept in host_buffers) and a
+    non-blocking transfer, as a pageable source would make the copy wait for the GPU."""
+    host = torch.from_numpy(array)
+    if device.type != "cuda":
+        return host.to(device)
+    pinned = host.pin_memory()
+    host_buffers.append(pinned)
+    return pinned.to(device, non_blocking=True)
+
+
+def _cpu_generators(params, row_seeds: list[int], steps: list[int]) -> dict[int, torch.Generator]:
+    """Row -> a generator for this draw of each seeded random row, seeded from the request's
+    seed and its number of output tokens (so it does not depend on the batch)."""
+    generators = {}
+    for row, p in enumerate(params):
+        if p.seed is not None and not p.is_greedy:
+            seed = _splitmix64(_splitmix64(row_seeds[row] & _MASK64) ^ steps[row])
+            generators[row] = torch.Generator().manual_seed(seed)
+    return generators
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
 
 
 def _penalty_token_ids(
-    requests: Sequence[Request], device: torch.device, cache: TokenIdCache | None
+    requests: Sequence[Request],
+    device: torch.device,
+    cache: TokenIdCache | None,
+    host_buffers: list[Tensor],
 ) -> tuple[Tensor | None, Tensor | None]:
     """Padded output ids of rows with any penalty (None if no row has one) and padded prompt
     ids of rows with a repetition penalty (None if no row has one)."""
@@ -271,7 +391,10 @@ def _penalty_token_ids(
     for request, p in _pairs(requests):
         outputs.append(_output_ids(request, cache) if p.has_penalties else [])
         prompts.append(_prompt_ids(request, cache) if p.repetition_penalty != 1 else [])
-    return _padded(outputs, device), _padded(prompts, device) if any(map(len, prompts)) else None
+    output_ids = _to_device(_padded(outputs), device, host_buffers)
+    if not any(map(len, prompts)):
+        return output_ids, None
+    return output_ids, _to_device(_padded(prompts), device, host_buffers)
 
 
 def _output_ids(request: Request, cache: TokenIdCache | None):
@@ -282,16 +405,18 @@ def _prompt_ids(request: Request, cache: TokenIdCache | None):
     return request.prompt_token_ids if cache is None else cache.prompt_ids(request)
 
 
-def _padded(rows: list, device: torch.device) -> Tensor:
+def _padded(rows: list) -> np.ndarray:
     """Token id rows (lists or int64 arrays) -> [N, longest] int64 padded with -1."""
     width = max((len(ids) for ids in rows), default=0)
     array = np.full((len(rows), width), PAD_TOKEN_ID, dtype=np.int64)
     for row, ids in enumerate(rows):
         array[row, : len(ids)] = ids
-    return torch.from_numpy(array).to(device)
+    return array
 
 
-def _banned_token_ids(requests: Sequence[Request], device: torch.device) -> Tensor | None:
+def _banned_token_ids(
+    requests: Sequence[Request], device: torch.device, host_buffers: list[Tensor]
+) -> Tensor | None:
     """EOS (unless ignore_eos) and stop_token_ids of each row still below its min_tokens."""
     banned: list[list[int]] = []
     for request, p in _pairs(requests):
@@ -303,26 +428,7 @@ def _banned_token_ids(requests: Sequence[Request], device: torch.device) -> Tens
         banned.append(ids)
     if not any(banned):
         return None
-    return _padded(banned, device)
-
-
-def _row_generators(
-    requests: Sequence[Request],
-    greedy: list[bool],
-    device: torch.device,
-    generators: dict[str, torch.Generator],
-) -> dict[int, torch.Generator]:
-    rows: dict[int, torch.Generator] = {}
-    for row, (request, p) in enumerate(_pairs(requests)):
-        if p.seed is None or greedy[row]:
-            continue
-        generator = generators.get(request.request_id)
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(p.seed)
-            generators[request.request_id] = generator
-        rows[row] = generator
-    return rows
+    return _to_device(_padded(banned), device, host_buffers)
 
 
 @dataclass(slots=True)

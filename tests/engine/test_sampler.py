@@ -1,5 +1,6 @@
 """Sampler: greedy, seeded reproducibility, filter distributions, penalties, min_tokens,
-logprobs. Shapes are tiny; the statistical tests draw 20k samples in one batched call."""
+logprobs. Shapes are tiny; the statistical tests draw 20k samples in one batched call.
+The GPU tests run the same checks through the fused Triton draw (lodger.kernels.sampling)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ def make_request(request_id, params, prompt=(7, 8, 9), output=(), eos=EOS) -> Re
     return request
 
 
-def sample(requests, logits, generators=None):
-    generators = {} if generators is None else generators
-    meta = SamplingMetadata.from_requests(requests, logits.device, generators)
+def sample(requests, logits, seeds=None):
+    seeds = {} if seeds is None else seeds
+    meta = SamplingMetadata.from_requests(requests, logits.device, seeds)
     return Sampler()(logits, meta)
 
 
@@ -69,12 +70,16 @@ def chi_square(counts: list[int], expected: list[float]) -> tuple[float, int]:
     return statistic, sum(p > 0 for p in expected) - 1
 
 
-def draw_counts(params: SamplingParams, num_draws=NUM_DRAWS, seeded=False) -> list[int]:
+def draw_counts(
+    params: SamplingParams, num_draws=NUM_DRAWS, seeded=False, device="cpu"
+) -> list[int]:
     if seeded:
         requests = [make_request(str(i), params.clone(seed=i)) for i in range(num_draws)]
-    else:
+    elif device == "cpu":
         requests = [make_request("r", params)] * num_draws  # rows only read it
-    logits = LOGITS.expand(num_draws, -1).contiguous()
+    else:  # distinct ids: on CUDA each request draws from its own stream
+        requests = [make_request(str(i), params) for i in range(num_draws)]
+    logits = LOGITS.to(device).expand(num_draws, -1).contiguous()
     token_ids = sample(requests, logits).token_ids
     return torch.bincount(token_ids, minlength=len(PROBS)).tolist()
 
@@ -144,16 +149,18 @@ def test_greedy_is_argmax_in_a_mixed_batch():
     assert all_greedy.tolist() == expected.tolist()
 
 
-def seeded_run(rows: list[SamplingParams], seeded_row: int, num_steps: int = 8) -> list[int]:
+def seeded_run(
+    rows: list[SamplingParams], seeded_row: int, num_steps: int = 8, device: str = "cpu"
+) -> list[int]:
     """Tokens of the request in `seeded_row` over `num_steps` steps of a batch of `rows`."""
-    generators: dict[str, torch.Generator] = {}
+    seeds: dict[str, int] = {}
     requests = [make_request(f"r{i}", params) for i, params in enumerate(rows)]
     step_logits = torch.Generator().manual_seed(99)
     for _ in range(num_steps):
         logits = torch.randn(len(rows), 64, generator=step_logits)
         # the seeded request sees the same logits in every run, whatever its row
         logits[seeded_row] = torch.randn(64, generator=torch.Generator().manual_seed(5)) * 0.5
-        token_ids = sample(requests, logits, generators).token_ids.tolist()
+        token_ids = sample(requests, logits.to(device), seeds).token_ids.tolist()
         for request, token_id in zip(requests, token_ids, strict=True):
             request.append_output_token(token_id)
     return requests[seeded_row].output_token_ids
@@ -174,18 +181,39 @@ def test_seed_gives_same_tokens_whatever_the_batch():
     assert seeded_run([seeded.clone(seed=43)], 0) != alone
 
 
-def test_generator_is_created_once_and_kept():
-    generators: dict[str, torch.Generator] = {}
+def test_stream_seed_is_set_once_and_kept():
+    seeds: dict[str, int] = {}
     request = make_request("s", SamplingParams(seed=3))
-    first = SamplingMetadata.from_requests([request], "cpu", generators)
-    assert list(generators) == ["s"] and first.generators == {0: generators["s"]}
-    second = SamplingMetadata.from_requests(
-        [make_request("x", SamplingParams()), request], "cpu", generators
+    first = SamplingMetadata.from_requests([request], "cpu", seeds)
+    assert seeds == {"s": 3} and first.seeds.tolist() == [3] and list(first.generators) == [0]
+    torch.manual_seed(11)
+    unseeded = make_request("x", SamplingParams())
+    second = SamplingMetadata.from_requests([unseeded, request], "cpu", seeds)
+    drawn = seeds["x"]
+    assert second.seeds.tolist() == [drawn, 3] and list(second.generators) == [1]
+    unseeded.append_output_token(5)
+    third = SamplingMetadata.from_requests([request, unseeded], "cpu", seeds)
+    assert third.seeds.tolist() == [3, drawn] and third.steps.tolist() == [0, 1]
+    torch.manual_seed(11)  # drawn seeds repeat given torch's seed (EngineConfig.seed)
+    assert (
+        SamplingMetadata.from_requests([make_request("y", SamplingParams())], "cpu", {})
+        .seeds[0]
+        .item()
+        == drawn
     )
-    assert second.generators == {1: generators["s"]}
     greedy_seeded = make_request("g", SamplingParams(seed=3, temperature=0))
-    assert SamplingMetadata.from_requests([greedy_seeded], "cpu", generators).generators == {}
-    assert "g" not in generators
+    meta = SamplingMetadata.from_requests([greedy_seeded], "cpu", seeds)
+    assert meta.generators == {} and meta.seeds.tolist() == [0] and "g" not in seeds
+
+
+def test_seeds_outside_int64_reach_the_kernel_as_their_bits():
+    requests = [
+        make_request("a", SamplingParams(seed=2**64 - 1)),
+        make_request("b", SamplingParams(seed=-(2**63))),
+        make_request("c", SamplingParams(seed=2**63)),
+    ]
+    meta = SamplingMetadata.from_requests(requests, "cpu", {})
+    assert meta.seeds.tolist() == [-1, -(2**63), -(2**63)]
 
 
 # ---- penalties and min_tokens --------------------------------------------------------------
@@ -324,9 +352,8 @@ def test_metadata_skips_unused_work():
     greedy = SamplingMetadata.from_requests(
         [make_request("a", SamplingParams(temperature=0))], "cpu", {}
     )
-    assert greedy.all_greedy and not greedy.all_random and greedy.greedy_mask is None
+    assert greedy.all_greedy and not greedy.all_random and not greedy.processes_logits
     unused = (
-        greedy.temperature,
         greedy.top_k,
         greedy.top_p,
         greedy.min_p,
@@ -337,29 +364,37 @@ def test_metadata_skips_unused_work():
         greedy.max_num_logprobs,
     )
     assert all(field is None for field in unused) and greedy.generators == {}
+    assert greedy.temperature.tolist() == [0.0] and not greedy.scales_logits
     mixed = SamplingMetadata.from_requests(
         [
             make_request("a", SamplingParams(temperature=0, top_k=5)),
-            make_request("b", SamplingParams(frequency_penalty=0.5, top_p=0.5)),
+            make_request("b", SamplingParams(frequency_penalty=0.5, top_p=0.5), output=[4]),
         ],
         "cpu",
         {},
     )
-    assert (
-        not mixed.all_greedy
-        and not mixed.all_random
-        and mixed.greedy_mask.tolist() == [True, False]
-    )
+    assert not mixed.all_greedy and not mixed.all_random and mixed.processes_logits
+    assert mixed.temperature.tolist() == [0.0, 1.0] and not mixed.scales_logits
     assert mixed.top_k is None  # only the greedy row asked for top-k
-    assert mixed.top_p.tolist() == [1.0, 0.5] and mixed.temperature is None
+    assert mixed.top_p.tolist() == [1.0, 0.5] and mixed.steps.tolist() == [0, 1]
     assert mixed.prompt_token_ids is None and mixed.output_token_ids is not None
+    fast = SamplingMetadata.from_requests(
+        [make_request("a", SamplingParams(temperature=0.6, logprobs=2))], "cpu", {}
+    )
+    assert fast.scales_logits and not fast.processes_logits  # the fused draw alone on CUDA
+
+
+# ---- CUDA: the fused draw ------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@cuda
 def test_cuda_matches_cpu_without_host_sync():
     torch.manual_seed(0)
     logits = torch.randn(5, 300)
+    cuda_logits = logits.cuda()
     requests = [
         make_request(
             "a", SamplingParams(temperature=0, logprobs=4, repetition_penalty=1.2), output=[3, 4]
@@ -369,10 +404,18 @@ def test_cuda_matches_cpu_without_host_sync():
         make_request("d", SamplingParams(presence_penalty=0.4, logprobs=2), output=[9]),
         make_request("e", SamplingParams(temperature=0, frequency_penalty=1.0), output=[1, 1]),
     ]
-    meta = SamplingMetadata.from_requests(requests, "cuda", {})
+    SamplingMetadata.from_requests(requests, "cuda", {})  # warm the pinned-memory cache
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = Sampler()(logits.cuda(), meta)
+        meta = SamplingMetadata.from_requests(requests, "cuda", {})
+        out = Sampler()(cuda_logits, meta)
+        fast_meta = SamplingMetadata.from_requests(
+            [make_request(str(i), SamplingParams(temperature=t)) for i, t in enumerate([0, 0.6])],
+            "cuda",
+            {},
+        )
+        Sampler()(cuda_logits[:2], fast_meta)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     cpu = sample(requests, logits)
@@ -388,3 +431,48 @@ def test_cuda_matches_cpu_without_host_sync():
 def seeded_token(request: Request, device: str) -> int:
     logits = torch.randn(1, 300, generator=torch.Generator().manual_seed(1)).to(device)
     return sample([request], logits).token_ids.item()
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize(
+    "filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items())
+)
+def test_cuda_sampled_distribution_matches_definition(filters):
+    torch.manual_seed(1234)
+    counts = draw_counts(SamplingParams(**filters), device="cuda")
+    statistic, dof = chi_square(counts, expected_probs(**filters))
+    assert statistic < CHI2_999[dof], f"chi2 {statistic:.1f} with {dof} dof, counts {counts}"
+    filters = dict(temperature=0.8, top_p=0.9)
+    counts = draw_counts(SamplingParams(**filters), num_draws=4000, seeded=True, device="cuda")
+    statistic, dof = chi_square(counts, expected_probs(**filters))
+    assert statistic < CHI2_999[dof], f"chi2 {statistic:.1f} with {dof} dof, counts {counts}"
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("extra", [dict(), dict(top_p=0.95), dict(presence_penalty=0.3)])
+def test_cuda_seed_gives_same_tokens_whatever_the_batch(extra):
+    """The fused path and the torch-processed path both draw from (seed, output count)."""
+    seeded = SamplingParams(temperature=0.9, seed=42, **extra)
+    alone = seeded_run([seeded], 0, device="cuda")
+    middle = seeded_run(
+        [SamplingParams(), seeded, SamplingParams(temperature=0), SamplingParams(top_k=3)], 1,
+        device="cuda",
+    )  # fmt: skip
+    assert alone == middle
+    assert len(set(alone)) > 2, "the draws barely vary; the comparison proves little"
+    assert seeded_run([seeded.clone(seed=43)], 0, device="cuda") != alone
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_torch_ops_draw_the_same_tokens(monkeypatch):
+    """LODGER_TORCH_OPS=1 draws with the kernel's torch reference: the same Philox stream."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, 5000, device="cuda")
+    requests = [make_request(str(i), SamplingParams(temperature=0.3 + i % 3)) for i in range(64)]
+    seeds: dict[str, int] = {}
+    fused = sample(requests, logits, seeds).token_ids
+    monkeypatch.setenv("LODGER_TORCH_OPS", "1")
+    assert sample(requests, logits, seeds).token_ids.tolist() == fused.tolist()
