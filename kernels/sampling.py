@@ -30,11 +30,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_TWO_POW_M32: tl.constexpr = 2.0**-32
-_TWO_POW_M33: tl.constexpr = 2.0**-33
-_ONE_MINUS_ULP: tl.constexpr = 1.0 - 2.0**-24  # the largest float32 below 1
-_SERIES_BELOW: tl.constexpr = 2.0**-6  # log1p by its series below this (float32 1 - v is coarse)
-_INT32_MAX: tl.constexpr = 2**31 - 1
+# Globals a kernel reads must be tl.constexpr instances (an annotation is not enough).
+_TWO_POW_M32 = tl.constexpr(2.0**-32)
+_TWO_POW_M33 = tl.constexpr(2.0**-33)
+_ONE_MINUS_ULP = tl.constexpr(1.0 - 2.0**-24)  # the largest float32 below 1
+_SERIES_BELOW = tl.constexpr(2.0**-6)  # log1p by its series below this (1 - v is coarse)
+_INT32_MAX = tl.constexpr(2**31 - 1)
 
 # Philox4x32 constants (Triton's, the Random123 ones), for the torch reference.
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
