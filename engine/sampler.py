@@ -340,10 +340,14 @@ def _upload_rows(
     floats = array[3:].view(np.float32).reshape(6, num_rows)
     array[0] = [((seed + 2**63) & _MASK64) - 2**63 for seed in row_seeds]  # as int64 bits
     array[1] = steps
-    for row, (p, is_greedy) in enumerate(zip(params, greedy, strict=True)):
-        array[2, row] = 0 if is_greedy else p.top_k
-        floats[:3, row] = (0.0, 1.0, 0.0) if is_greedy else (p.temperature, p.top_p, p.min_p)
-        floats[3:, row] = (p.presence_penalty, p.frequency_penalty, p.repetition_penalty)
+    rows = list(zip(params, greedy, strict=True))
+    array[2] = [0 if g else p.top_k for p, g in rows]
+    floats[0] = [0.0 if g else p.temperature for p, g in rows]
+    floats[1] = [1.0 if g else p.top_p for p, g in rows]
+    floats[2] = [0.0 if g else p.min_p for p, g in rows]
+    floats[3] = [p.presence_penalty for p in params]
+    floats[4] = [p.frequency_penalty for p in params]
+    floats[5] = [p.repetition_penalty for p in params]
     on_device = _to_device(array, device, host_buffers)
     return on_device[:3], on_device[3:].view(torch.float32).view(6, num_rows)
 
