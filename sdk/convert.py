@@ -60,37 +60,31 @@ def _first_prompt_ids(body: dict[str, Any]) -> list[int] | None:
 
 
 def completion(body: dict[str, Any]) -> Generation:
-    return Generation(
-        id=body["id"],
-        model=body["model"],
-        choices=[
-            Choice(
-                index=c["index"],
-                text=c["text"],
-                token_ids=c.get("token_ids"),
-                finish_reason=c.get("finish_reason"),
-                stop_reason=c.get("stop_reason"),
-                logprobs=_completion_logprobs(c.get("logprobs")),
-            )
-            for c in body["choices"]
-        ],
-        usage=_usage(body),
-        prompt_token_ids=_first_prompt_ids(body),
-    )
+    return _generation(body, lambda c: c["text"], lambda c: _completion_logprobs(c.get("logprobs")))
 
 
 def chat_completion(body: dict[str, Any]) -> Generation:
+    return _generation(
+        body,
+        lambda c: (c.get("message") or {}).get("content") or "",
+        lambda c: _chat_logprobs(c.get("logprobs")),
+    )
+
+
+def _generation(body: dict[str, Any], text_of, logprobs_of) -> Generation:
+    """A Generation from a completions or chat body; the two differ in where each choice
+    keeps its text and in the shape of its logprobs."""
     return Generation(
         id=body["id"],
         model=body["model"],
         choices=[
             Choice(
                 index=c["index"],
-                text=(c.get("message") or {}).get("content") or "",
+                text=text_of(c),
                 token_ids=c.get("token_ids"),
                 finish_reason=c.get("finish_reason"),
                 stop_reason=c.get("stop_reason"),
-                logprobs=_chat_logprobs(c.get("logprobs")),
+                logprobs=logprobs_of(c),
             )
             for c in body["choices"]
         ],
