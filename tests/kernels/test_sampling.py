@@ -128,11 +128,10 @@ def test_kernel_compiles_for_hopper(dtype, write_uniforms):
 
 
 @pytest.mark.skipif(CUDA, reason="the compiled kernel is tested on the GPU below")
-def test_kernel_under_interpreter(monkeypatch):
-    import test_triton_interpreted as interpreted
+def test_kernel_under_interpreter():
+    from test_triton_interpreted import run_interpreted_cases
 
-    monkeypatch.setattr(interpreted, "CASES", Path(__file__).with_name("sampling_cases.py"))
-    interpreted.test_triton_kernels_under_interpreter()
+    run_interpreted_cases(Path(__file__).with_name("sampling_cases.py"))
 
 
 # ---- GPU -----------------------------------------------------------------------------------
