@@ -161,14 +161,13 @@ class ModelRunner:
         num_reqs = len(out.scheduled)
         requests = [out.scheduled[i] for i in inputs.sample_rows]
         with torch.inference_mode():
-            # sampling metadata first: its host->device copies then need not wait for the
-            # forward pass
+            hidden = self._forward(inputs)
+            if not requests:
+                return PendingStep(self, num_reqs, [], [], None)
+            # built while the device runs the forward: its copies are pinned and non-blocking
             meta = SamplingMetadata.from_requests(
                 requests, self.device, self.generators, self.token_cache
-            ) if requests else None
-            hidden = self._forward(inputs)
-            if meta is None:
-                return PendingStep(self, num_reqs, [], [], None)
+            )
             logits = self.model.compute_logits(hidden[inputs.logits_indices])
             sampled = self.sampler(logits, meta)
         return PendingStep(
