@@ -15,8 +15,12 @@ $(BIN)/.installed: pyproject.toml
 .PHONY: install serve test lint
 install: $(BIN)/.installed
 
+# The bundled 11M-parameter model streams fastest on one torch thread (75 vs 47 tok/s on a
+# busy 2-core machine, docs/benchmarks.md); for a bigger model on CPU raise it, e.g.
+# `make serve SERVE_THREADS=8 ARGS="--model path/to/checkpoint"`.
+SERVE_THREADS ?= 1
 serve: install
-	$(BIN)/lodger serve $(ARGS)
+	OMP_NUM_THREADS=$(SERVE_THREADS) $(BIN)/lodger serve $(ARGS)
 
 test: install
 	$(BIN)/ruff check .
