@@ -28,11 +28,11 @@ class EngineCore:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.model_config = ModelConfig.from_pretrained(config.model)
-        self.max_model_len = resolve_max_model_len(config, self.model_config)
         self.tokenizer = Tokenizer.from_pretrained(config.model)
         self.device, self.dtype = config.torch_device, config.torch_dtype
-        runner_config = dataclasses.replace(config, max_model_len=self.max_model_len)
-        self.runner = ModelRunner(runner_config, self.model_config, self.device, self.dtype)
+        # the runner resolves max_model_len (default and bound: max_position_embeddings)
+        self.runner = ModelRunner(config, self.model_config, self.device, self.dtype)
+        self.max_model_len = self.runner.max_model_len
         num_blocks = self.runner.profile_num_kv_blocks()
         self.runner.init_kv_cache(num_blocks)
         self.scheduler = Scheduler(
@@ -182,16 +182,4 @@ class EngineCore:
 
     def stats(self) -> EngineStats:
         return self.stats_counters.snapshot(self.scheduler.stats())
-
-
-def resolve_max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
-    limit = model_config.max_position_embeddings
-    if config.max_model_len is None:
-        return limit
-    if config.max_model_len > limit:
-        raise ValueError(
-            f"max_model_len {config.max_model_len} is larger than the model's "
-            f"max_position_embeddings {limit}"
-        )
-    return config.max_model_len
 

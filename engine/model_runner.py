@@ -67,8 +67,8 @@ class ModelRunner:
         self.max_model_len = config.max_model_len or model_config.max_position_embeddings
         if self.max_model_len > model_config.max_position_embeddings:
             raise ValueError(
-                f"max_model_len {self.max_model_len} exceeds the model's limit "
-                f"{model_config.max_position_embeddings}"
+                f"max_model_len {self.max_model_len} is larger than the model's "
+                f"max_position_embeddings {model_config.max_position_embeddings}"
             )
         torch.manual_seed(config.seed)  # unseeded sampling draws from torch's default RNG
         self.model = load_model(config.model, model_config, self.device, dtype, self.max_model_len)
