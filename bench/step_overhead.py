@@ -51,10 +51,7 @@ def decoding_scheduler(num_requests: int, num_steps: int, enable_prefix_caching:
 
 
 def fake_sampled(out: SchedulerOutput) -> list[int | None]:
-    return [
-        42 if r.num_computed_tokens + n == r.num_tokens else None
-        for r, n in zip(out.scheduled, out.num_scheduled_tokens, strict=True)
-    ]
+    return [42 if samples else None for samples in out.samples]
 
 
 @dataclass(slots=True)
@@ -118,7 +115,9 @@ def runner_input_preparation(scheduler: Scheduler) -> Callable[[SchedulerOutput]
 
     def prepare(out: SchedulerOutput) -> object:
         builder.drop(out.finished_request_ids)
-        return builder.prepare(out.scheduled, out.num_scheduled_tokens)
+        return builder.prepare(
+            out.scheduled, out.num_scheduled_tokens, out.num_computed_tokens, out.samples
+        )
 
     return prepare
 

@@ -35,6 +35,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     # Turn CUDA graphs off.
     enforce_eager: bool = False
+    # Schedule and launch each step before the previous one's sampled tokens reach the host,
+    # so the host's work between steps overlaps the device's (see EngineCore.step). Steps
+    # with a repetition/presence/frequency penalty in flight wait for it regardless.
+    async_scheduling: bool = True
     # Seed of the engine's own random state (unseeded sampling).
     seed: int = 0
 

@@ -1,7 +1,8 @@
 """EngineCore: the synchronous heart of the engine. No asyncio, no threads.
 
-One `step()` = schedule -> execute the model on the batch -> update request state ->
-detokenize and build delta outputs. The serving layer drives it from a dedicated thread.
+One `step()` = schedule -> launch the model on the batch -> update request state with the
+previous step's tokens -> detokenize and build delta outputs. The serving layer drives it
+from a dedicated thread.
 """
 
 from __future__ import annotations
@@ -9,19 +10,30 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 
 from lodger.engine.config import EngineConfig
 from lodger.engine.model_config import ModelConfig
-from lodger.engine.model_runner import ModelRunner
+from lodger.engine.model_runner import ModelRunner, PendingStep
 from lodger.engine.output_processor import OutputProcessor, child_request_id
 from lodger.engine.outputs import RequestOutput, SampleLogprobs
 from lodger.engine.request import Request, RequestStatus
 from lodger.engine.sampling_params import SamplingParams
-from lodger.engine.scheduler import Scheduler, SchedulerConfig
+from lodger.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from lodger.engine.stats import EngineStats
 from lodger.engine.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A launched step the scheduler has not been updated with yet."""
+
+    scheduled: SchedulerOutput
+    pending: PendingStep
+    # some sampled request has a penalty, which needs its exact output ids on the host
+    needs_tokens: bool
 
 
 class EngineCore:
@@ -47,7 +59,9 @@ class EngineCore:
         )
         self.outputs = OutputProcessor(self.tokenizer, self._finish_stopped)
         self.stats_counters = EngineStats()
-        # the last step's (updated requests, logprobs), turned into outputs by the next step
+        self._in_flight: _InFlight | None = None  # the launched step, until it is resolved
+        # a resolved step's (updated requests, logprobs), turned into outputs in the same
+        # step() call while the device computes the next step
         self._unprocessed: tuple[list[Request], dict[str, SampleLogprobs]] | None = None
         logger.info(
             "lodger engine ready: %s on %s (%s), %d KV blocks of %d tokens (%d tokens), "
@@ -148,19 +162,47 @@ class EngineCore:
     # ---- the loop -------------------------------------------------------------------------
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._unprocessed is not None
+        return (
+            self.scheduler.has_unfinished_requests()
+            or self._in_flight is not None
+            or self._unprocessed is not None
+        )
 
     def step(self) -> list[RequestOutput]:
-        """Schedule and launch one step; while the device runs it, turn the previous step's
-        new tokens into outputs (detokenize, stop strings); then update the scheduler with
-        this step's tokens. Outputs therefore trail the model by one step, and a step that
-        schedules nothing only hands out what is left."""
+        """Launch a step, resolve the one before it and hand out its outputs.
+
+        Async scheduling: schedule and launch step N while step N-1 may still run on the
+        device (its sampled ids feed step N there); then wait for N-1's tokens, update the
+        scheduler with them and turn them into outputs (detokenize, stop strings) while the
+        device computes N. Synchronous (async_scheduling off, or a penalised request in
+        flight): resolve N-1 first, then schedule and launch N, then hand out N-1's outputs
+        while N runs. Either way outputs trail the model by one step, and a step that
+        schedules nothing resolves what is in flight and hands out what is left.
+        """
+        in_flight = self._in_flight
+        if in_flight is not None and (not self.config.async_scheduling or in_flight.needs_tokens):
+            self._resolve(in_flight)
+            in_flight = None
         scheduled = self.scheduler.schedule()
         if scheduled.total_num_scheduled_tokens == 0:
+            if in_flight is not None:
+                self._resolve(in_flight)
             return self._process_unprocessed()
-        pending = self.runner.launch(scheduled)
+        pending = self.runner.launch(scheduled, None if in_flight is None else in_flight.pending)
+        self.stats_counters.record_step(scheduled.total_num_scheduled_tokens)
+        if in_flight is not None:
+            self._resolve(in_flight)
         outputs = self._process_unprocessed()
-        runner_output = pending.result()
+        needs_tokens = any(r.sampling_params.has_penalties for r in pending.requests)
+        self._in_flight = _InFlight(scheduled, pending, needs_tokens)
+        return outputs
+
+    def _resolve(self, in_flight: _InFlight) -> None:
+        """Wait for a launched step's tokens and update the scheduler with them."""
+        assert self._in_flight is in_flight and self._unprocessed is None
+        self._in_flight = None
+        scheduled = in_flight.scheduled
+        runner_output = in_flight.pending.result()
         updated = self.scheduler.update(scheduled, runner_output.sampled_token_ids)
         logprobs_by_child: dict[str, SampleLogprobs] = {
             request.request_id: position
@@ -168,8 +210,6 @@ class EngineCore:
             if position is not None
         }
         self._unprocessed = (updated, logprobs_by_child)
-        self.stats_counters.record_step(scheduled.total_num_scheduled_tokens)
-        return outputs
 
     def _process_unprocessed(self) -> list[RequestOutput]:
         if self._unprocessed is None:

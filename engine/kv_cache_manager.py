@@ -4,8 +4,8 @@ Plain Python, no torch. Sits between the scheduler (which decides how many token
 request computes this step) and the BlockPool (ids, references, free queue, hash map).
 
 Invariant between steps: `len(request.block_ids) == cdiv(request.num_computed_tokens,
-block_size)`; schedule() allocates the blocks for the tokens it schedules, update() then
-advances num_computed_tokens over them.
+block_size)`; schedule() allocates the blocks for the tokens it schedules and advances
+num_computed_tokens over them.
 
 Prefix caching: `request.block_hashes[i]` is the chained hash of tokens
 [i * block_size, (i + 1) * block_size) of `all_token_ids` (so generated tokens hash too,
@@ -123,10 +123,13 @@ class KVCacheManager:
         return num_new_tokens
 
     def cache_full_blocks(self, request: Request) -> None:
-        """Register the request's newly computed full blocks in the prefix cache."""
+        """Register the request's newly computed full blocks in the prefix cache: those
+        whose K/V are computed or queued (a later step reads them after they are written, as
+        steps run in order) and whose token ids are all known."""
         if not self.enable_prefix_caching:
             return
-        num_full = request.num_computed_tokens // self.block_size
+        num_known = min(request.num_computed_tokens, len(request.all_token_ids))
+        num_full = num_known // self.block_size
         num_registered = self._num_registered_blocks.get(request.request_id, 0)
         if num_full <= num_registered:
             return

@@ -1,8 +1,11 @@
 """ModelRunner: owns the model, the KV cache and the sampler; runs one step per call.
 
-`execute(SchedulerOutput)` builds the step's inputs (engine/step_inputs.py), runs the
-decoder over all new tokens, computes logits only for the requests that sample this step
-(their last scheduled token), samples, and copies the results to the host once.
+`launch(SchedulerOutput, previous)` builds the step's inputs (engine/step_inputs.py), runs
+the decoder over all new tokens, computes logits only for the requests that sample this
+step (their last scheduled token), samples, and queues one copy of the results to the host;
+`PendingStep.result()` waits for that copy alone, so the host may launch the next step
+first (async scheduling: `previous` is the step still running, whose sampled ids on the
+device feed the new step's inputs). `execute(out)` is launch + result.
 On CUDA, decode-only batches replay CUDA graphs (engine/cuda_graphs.py) unless
 `enforce_eager`; the CPU path never imports that module.
 """
@@ -39,19 +42,47 @@ class ModelRunnerOutput:
 class PendingStep:
     """A launched step whose sampled tokens may still be on their way."""
 
-    runner: ModelRunner
     num_reqs: int  # requests in the step
     sample_rows: list[int]  # batch rows that sample
     requests: list  # the requests of those rows
     sampled: SamplerOutput | None  # device tensors; None when no row samples
+    # the host copy of the sampled ids (int64 [N]) or, with logprobs, of the packed rows
+    # (float64 [N, 3 + 2K], see _pack); on CUDA pinned, written by a non-blocking copy
+    host_values: Tensor | None = None
+    copied: object = None  # CUDA: the event recorded after that copy
     # pinned host sources of the sampling metadata's non-blocking copies, kept until result()
     host_buffers: list | None = None
 
+    def sampled_rows(self) -> dict[str, int]:
+        """Request id -> its row in `sampled.token_ids`."""
+        return {request.request_id: i for i, request in enumerate(self.requests)}
+
     def result(self) -> ModelRunnerOutput:
-        """Wait for the step and copy its tokens (and logprobs) to the host."""
+        """Wait for this step's copy to the host (not for steps launched after it)."""
+        token_ids: list[int | None] = [None] * self.num_reqs
+        logprobs: list[SampleLogprobs | None] = [None] * self.num_reqs
         if self.sampled is None:
-            return ModelRunnerOutput([None] * self.num_reqs, [None] * self.num_reqs)
-        return self.runner._to_host(self.num_reqs, self.sample_rows, self.requests, self.sampled)
+            return ModelRunnerOutput(token_ids, logprobs)
+        if self.copied is not None:
+            self.copied.synchronize()
+        values = self.host_values.tolist()
+        if self.sampled.logprobs is None:
+            for row, token_id in zip(self.sample_rows, values, strict=True):
+                token_ids[row] = token_id
+            return ModelRunnerOutput(token_ids, logprobs)
+        num_top = self.sampled.top_ids.shape[1]
+        for row, request, packed in zip(self.sample_rows, self.requests, values, strict=True):
+            token_id = int(packed[0])
+            token_ids[row] = token_id
+            num_wanted = request.sampling_params.logprobs
+            if num_wanted is None:
+                continue
+            position = {token_id: Logprob(packed[1], int(packed[2]))}
+            for j in range(min(num_wanted, num_top)):
+                top_id = int(packed[3 + j])
+                position.setdefault(top_id, Logprob(packed[3 + num_top + j], j + 1))
+            logprobs[row] = position
+        return ModelRunnerOutput(token_ids, logprobs)
 
 
 class ModelRunner:
@@ -138,40 +169,57 @@ class ModelRunner:
 
     # ---- one step ------------------------------------------------------------------------
 
-    def prepare_inputs(self, out) -> StepInputs:
-        """The step's device inputs for SchedulerOutput `out` (timed by bench/step_overhead)."""
+    def prepare_inputs(self, out, previous: PendingStep | None = None) -> StepInputs:
+        """The step's device inputs for SchedulerOutput `out` (timed by bench/step_overhead);
+        `previous`: the launched step whose sampled ids some of them still need."""
         self.inputs.drop(out.finished_request_ids)
-        return self.inputs.prepare(out.scheduled, out.num_scheduled_tokens)
+        previous_rows = None if previous is None else previous.sampled_rows()
+        return self.inputs.prepare(
+            out.scheduled, out.num_scheduled_tokens, out.num_computed_tokens, out.samples,
+            previous_rows,
+        )
 
     def execute(self, out) -> ModelRunnerOutput:
         """Run SchedulerOutput `out`: forward, sample the requests at their last token."""
         return self.launch(out).result()
 
-    def launch(self, out) -> PendingStep:
+    def launch(self, out, previous: PendingStep | None = None) -> PendingStep:
         """Queue the step's device work and return at once (on CUDA the host does not wait);
-        `.result()` waits for the sampled tokens. The caller may do host work in between."""
+        `.result()` waits for the sampled tokens. The caller may do host work in between,
+        launch the next step included (pass this one as its `previous`)."""
         for request_id in out.finished_request_ids:
             self.generators.pop(request_id, None)
         self.token_cache.drop(out.finished_request_ids)
         if not out.scheduled:
             self.inputs.drop(out.finished_request_ids)
-            return PendingStep(self, 0, [], [], None)
+            return PendingStep(0, [], [], None)
         assert self.kv_caches, "call init_kv_cache() before execute()"
-        inputs = self.prepare_inputs(out)
+        inputs = self.prepare_inputs(out, previous)
         num_reqs = len(out.scheduled)
-        requests = [out.scheduled[i] for i in inputs.sample_rows]
+        sample_rows = inputs.sample_rows
+        requests = [out.scheduled[i] for i in sample_rows]
         with torch.inference_mode():
+            if inputs.num_deferred:
+                assert previous is not None and previous.sampled is not None
+                sources = previous.sampled.token_ids.index_select(0, inputs.deferred_sources)
+                inputs.input_ids.index_copy_(0, inputs.deferred_positions, sources)
             hidden = self._forward(inputs)
             if not requests:
-                return PendingStep(self, num_reqs, [], [], None)
+                return PendingStep(num_reqs, [], [], None)
             # built while the device runs the forward: its copies are pinned and non-blocking
+            num_output_tokens = [  # the sampled token's index among the request's outputs
+                out.num_computed_tokens[row] + out.num_scheduled_tokens[row]
+                - out.scheduled[row].num_prompt_tokens
+                for row in sample_rows
+            ]
             meta = SamplingMetadata.from_requests(
-                requests, self.device, self.generators, self.token_cache
+                requests, self.device, self.generators, self.token_cache, num_output_tokens
             )
             logits = self.model.compute_logits(hidden[inputs.logits_indices])
             sampled = self.sampler(logits, meta)
+            host_values, copied = self._copy_to_host(_pack(sampled))
         return PendingStep(
-            self, num_reqs, inputs.sample_rows, requests, sampled, meta.host_buffers
+            num_reqs, sample_rows, requests, sampled, host_values, copied, meta.host_buffers
         )
 
     def _forward(self, inputs: StepInputs) -> Tensor:
@@ -179,37 +227,31 @@ class ModelRunner:
             return self.graphs.run(inputs)
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
 
-    def _to_host(
-        self, num_reqs: int, sample_rows: list[int], requests: list, sampled: SamplerOutput
-    ) -> ModelRunnerOutput:
-        """One device->host copy of the sampled ids (and logprobs) -> per-request lists."""
-        token_ids: list[int | None] = [None] * num_reqs
-        logprobs: list[SampleLogprobs | None] = [None] * num_reqs
-        if sampled.logprobs is None:
-            for row, token_id in zip(sample_rows, sampled.token_ids.tolist(), strict=True):
-                token_ids[row] = token_id
-            return ModelRunnerOutput(token_ids, logprobs)
-        # token id | logprob | rank | K top ids | K top logprobs, exact in float64
-        packed = torch.cat(
-            [
-                sampled.token_ids[:, None].double(),
-                sampled.logprobs[:, None].double(),
-                sampled.ranks[:, None].double(),
-                sampled.top_ids.double(),
-                sampled.top_logprobs.double(),
-            ],
-            dim=1,
-        ).tolist()
-        num_top = sampled.top_ids.shape[1]
-        for row, request, values in zip(sample_rows, requests, packed, strict=True):
-            token_id = int(values[0])
-            token_ids[row] = token_id
-            num_wanted = request.sampling_params.logprobs
-            if num_wanted is None:
-                continue
-            position = {token_id: Logprob(values[1], int(values[2]))}
-            for j in range(min(num_wanted, num_top)):
-                top_id = int(values[3 + j])
-                position.setdefault(top_id, Logprob(values[3 + num_top + j], j + 1))
-            logprobs[row] = position
-        return ModelRunnerOutput(token_ids, logprobs)
+    def _copy_to_host(self, values: Tensor) -> tuple[Tensor, object]:
+        """Queue a copy of `values` to the host; on CUDA into pinned memory without
+        blocking, with an event to wait on (a plain .tolist() would wait for every step
+        queued after this one too)."""
+        if self.device.type != "cuda":
+            return values, None
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return host, copied
+
+
+def _pack(sampled: SamplerOutput) -> Tensor:
+    """The sampled ids [N] int64; with logprobs, rows of token id | logprob | rank | K top
+    ids | K top logprobs [N, 3 + 2K] in float64 (exact for ids and float32 logprobs)."""
+    if sampled.logprobs is None:
+        return sampled.token_ids
+    return torch.cat(
+        [
+            sampled.token_ids[:, None].double(),
+            sampled.logprobs[:, None].double(),
+            sampled.ranks[:, None].double(),
+            sampled.top_ids.double(),
+            sampled.top_logprobs.double(),
+        ],
+        dim=1,
+    )

@@ -44,8 +44,14 @@ class Request:
     all_token_ids: list[int] = field(default_factory=list)
     # Tokens generated so far (also appended to all_token_ids).
     output_token_ids: list[int] = field(default_factory=list)
-    # Leading tokens of all_token_ids whose K/V are in the cache.
+    # Leading tokens whose K/V are in the cache or being written by a launched step: the
+    # scheduler advances it when it schedules them. It may run one token past
+    # all_token_ids: under async scheduling a step can compute the token that the step
+    # before it is still sampling (see num_output_placeholders).
     num_computed_tokens: int = 0
+    # Tokens sampled by launched steps whose ids the host has not seen yet (0, 1 or, between
+    # a step's schedule and the previous step's update, 2). Async scheduling only.
+    num_output_placeholders: int = 0
     # Prompt tokens served by the prefix cache (or shared by an n > 1 sibling) at first schedule.
     num_cached_tokens: int = 0
     # The block table: block_ids[i] holds tokens [i * block_size, (i + 1) * block_size).
@@ -70,6 +76,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.all_token_ids)
+
+    @property
+    def num_tokens_with_placeholders(self) -> int:
+        """Tokens the request has once every launched step's sample is in."""
+        return len(self.all_token_ids) + self.num_output_placeholders
 
     @property
     def num_prompt_tokens(self) -> int:

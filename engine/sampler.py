@@ -92,12 +92,16 @@ class SamplingMetadata:
         device: torch.device | str,
         seeds: dict[str, int],
         token_cache: TokenIdCache | None = None,
+        num_output_tokens: Sequence[int] | None = None,
     ) -> SamplingMetadata:
         """Build the step's metadata. `seeds` maps request id -> stream seed and is kept by
         the caller across steps: a random request gets its entry (its own seed, or one drawn
         from torch's default generator) when first sampled; drop it when the request
         finishes. `token_cache` (optional, kept likewise) makes the penalties' token tensors
         cost only the tokens added since the last step instead of the whole prompt and output.
+        `num_output_tokens`: each row's outputs before this draw (the draw's Philox counter
+        and the min_tokens test); default each request's num_output_tokens, which under
+        async scheduling lags behind by the token the previous step is still sampling.
 
         Host tensors reach the device through pinned memory with non-blocking copies, so
         building the metadata does not wait for the GPU.
@@ -109,7 +113,10 @@ class SamplingMetadata:
         num_greedy = sum(greedy)
         random_params = [p for p, g in zip(params, greedy, strict=True) if not g]
         row_seeds = _row_seeds(requests, greedy, seeds)
-        steps = [request.num_output_tokens for request in requests]
+        if num_output_tokens is None:
+            num_output_tokens = [request.num_output_tokens for request in requests]
+        steps = list(num_output_tokens)
+        assert len(steps) == num_rows
         host_buffers: list[Tensor] = []
         ints, floats = _upload_rows(params, greedy, row_seeds, steps, device, host_buffers)
         seed_row, step_row, top_k = ints.unbind(0)
@@ -134,7 +141,7 @@ class SamplingMetadata:
             repetition_penalties=repetition if has_penalties else None,
             output_token_ids=output_ids,
             prompt_token_ids=prompt_ids,
-            banned_token_ids=_banned_token_ids(requests, device, host_buffers),
+            banned_token_ids=_banned_token_ids(requests, steps, device, host_buffers),
             generators=_cpu_generators(params, row_seeds, steps) if device.type == "cpu" else {},
             max_num_logprobs=max(logprobs) if logprobs else None,
             host_buffers=host_buffers,
@@ -419,13 +426,14 @@ def _padded(rows: list) -> np.ndarray:
 
 
 def _banned_token_ids(
-    requests: Sequence[Request], device: torch.device, host_buffers: list[Tensor]
+    requests: Sequence[Request], num_output_tokens: list[int], device: torch.device,
+    host_buffers: list[Tensor],
 ) -> Tensor | None:
     """EOS (unless ignore_eos) and stop_token_ids of each row still below its min_tokens."""
     banned: list[list[int]] = []
-    for request, p in _pairs(requests):
+    for (request, p), num_outputs in zip(_pairs(requests), num_output_tokens, strict=True):
         ids: list[int] = []
-        if len(request.output_token_ids) < p.min_tokens:
+        if num_outputs < p.min_tokens:
             ids = list(p.stop_token_ids)
             if request.eos_token_id is not None and not p.ignore_eos:
                 ids.append(request.eos_token_id)

@@ -2,6 +2,17 @@
 
 One token budget per step (max_num_batched_tokens), no prefill/decode phases: every
 scheduled request's num_computed_tokens catches up with its num_tokens, a chunk at a time.
+schedule() advances num_computed_tokens over the tokens it schedules; update() appends the
+sampled tokens.
+
+Async scheduling (EngineCore): the next step may be scheduled before the last one's tokens
+are known. A step that samples a request leaves a placeholder
+(`Request.num_output_placeholders`) that the next step may already compute (the runner
+takes its id from the previous step's sampled ids on the device), and update() replaces it
+with the real token. A request whose placeholder is its last token (max_tokens,
+max_model_len) is not scheduled again; one that stops on EOS has computed one token too
+many, which is dropped. With update() called before each schedule() (synchronous
+scheduling) there is never a placeholder at schedule time.
 
 - Running requests first, oldest first: a decode takes 1 token, a request still inside its
   prompt takes min(rest, budget), shrunk to the blocks that are free. A running request
@@ -68,6 +79,10 @@ class SchedulerOutput:
     finished_request_ids: set[str]
     # Requests preempted while building this step.
     num_preemptions: int
+    # Each one's num_computed_tokens before this step: the position of its first new token.
+    num_computed_tokens: list[int]
+    # Whether each one samples this step (its new tokens reach its last token).
+    samples: list[bool]
 
 
 @dataclass(slots=True)
@@ -181,8 +196,11 @@ class Scheduler:
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
+            if request.num_output_placeholders and self._samples_its_last(request):
+                i += 1  # its last token is being sampled: nothing left to compute
+                continue
             num_computed = request.num_computed_tokens
-            num_new = len(request.all_token_ids) - num_computed
+            num_new = request.num_tokens_with_placeholders - num_computed
             assert num_new > 0, f"running request {request.request_id!r} has nothing to compute"
             if num_new > budget:
                 num_new = budget
@@ -200,13 +218,43 @@ class Scheduler:
             finished, self.finished_request_ids = self.finished_request_ids, set()
         else:  # the engine may skip the runner on an empty step: tell it again next time
             finished = set(self.finished_request_ids)
+        num_computed, samples = self._advance(scheduled, num_scheduled)
         return SchedulerOutput(
             scheduled=scheduled,
             num_scheduled_tokens=num_scheduled,
             total_num_scheduled_tokens=self.config.max_num_batched_tokens - budget,
             finished_request_ids=finished,
             num_preemptions=self._num_step_preemptions,
+            num_computed_tokens=num_computed,
+            samples=samples,
         )
+
+    def _advance(
+        self, scheduled: list[Request], num_scheduled: list[int]
+    ) -> tuple[list[int], list[bool]]:
+        """Count the scheduled tokens as computed and add a placeholder for each request
+        that samples; returns the counts before the step and who samples."""
+        num_computed_before: list[int] = []
+        samples: list[bool] = []
+        for request, num_new in zip(scheduled, num_scheduled, strict=True):
+            start = request.num_computed_tokens
+            end = start + num_new
+            num_tokens = request.num_tokens_with_placeholders
+            assert end <= num_tokens, request.request_id
+            request.num_computed_tokens = end
+            num_computed_before.append(start)
+            samples.append(end == num_tokens)
+            if end == num_tokens:
+                request.num_output_placeholders += 1
+        return num_computed_before, samples
+
+    def _samples_its_last(self, request: Request) -> bool:
+        """Whether the placeholders already reach max_tokens or max_model_len."""
+        max_tokens = request.sampling_params.max_tokens
+        num_placeholders = request.num_output_placeholders
+        return (
+            max_tokens is not None and request.num_output_tokens + num_placeholders >= max_tokens
+        ) or request.num_tokens_with_placeholders >= self.config.max_model_len
 
     def _grow_or_preempt(self, request: Request, num_new: int) -> int:
         """Blocks for up to num_new tokens of a running request, preempting the newest
@@ -254,34 +302,32 @@ class Scheduler:
         """Apply a step's results; returns the requests that got a new token (finished too).
 
         `sampled[i]` is the token sampled for `out.scheduled[i]`, None for a mid-prompt
-        chunk (one that did not reach the request's last token).
+        chunk (one that did not reach the request's last token). A request finished or
+        preempted since `out` was scheduled is skipped: its token is dropped.
         """
         if len(sampled) != len(out.scheduled):
             raise ValueError(
                 f"sampled has {len(sampled)} entries but {len(out.scheduled)} requests ran"
             )
-        kv, block_size, max_model_len = self.kv, self.block_size, self.config.max_model_len
+        kv, max_model_len = self.kv, self.config.max_model_len
         caching = kv.enable_prefix_caching
         updated: list[Request] = []
         num_finished = 0
-        for request, num_new, token_id in zip(
-            out.scheduled, out.num_scheduled_tokens, sampled, strict=True
-        ):
+        for request, token_id, samples in zip(out.scheduled, sampled, out.samples, strict=True):
             if request.status is not RUNNING:
-                continue  # finished (aborted) after schedule(); its blocks are gone
-            num_computed = request.num_computed_tokens + num_new
-            crossed_block = num_computed // block_size != request.num_computed_tokens // block_size
-            request.num_computed_tokens = num_computed
-            if caching and crossed_block:
+                continue  # finished or preempted since schedule(); its blocks are gone
+            assert (token_id is not None) == samples, request.request_id
+            tokens = request.all_token_ids
+            if token_id is not None:
+                request.num_output_placeholders -= 1
+                assert request.num_output_placeholders >= 0, request.request_id
+                tokens.append(token_id)
+            if caching:
                 kv.cache_full_blocks(request)
             if request.parent_id is not None:
                 self._maybe_release_siblings(request)
-            tokens = request.all_token_ids
             if token_id is None:
-                assert num_computed < len(tokens), request.request_id
                 continue
-            assert num_computed == len(tokens), request.request_id
-            tokens.append(token_id)
             output = request.output_token_ids
             output.append(token_id)
             updated.append(request)
@@ -343,6 +389,7 @@ class Scheduler:
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
         request.num_computed_tokens = 0
+        request.num_output_placeholders = 0  # a launched step's token for it is dropped
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions_total += 1

@@ -9,6 +9,11 @@ Block tables persist across steps: each live request owns a row of a host array 
 blocks appended since the last step are copied in. A request whose blocks may have been
 replaced (preempted, or its computed tokens not where the last step left them) has its
 row rewritten.
+
+Async scheduling: a request's last new token may be one the previous step is still
+sampling (not yet in all_token_ids). Its input id is written as 0 and listed in
+`deferred_positions` / `deferred_sources`: the runner copies it on the device from the
+previous step's sampled ids before the forward.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ class StepInputs:
     logits_indices: Tensor  # [N] int64, rows of the hidden states whose next token is sampled
     sample_rows: list[int]  # [N] batch indices of the requests that sample this step
     num_tokens: int  # T
+    # [D] int64: input_ids entries still being sampled by the previous step, and for each
+    # its row in that step's sampled ids; D = 0 under synchronous scheduling
+    deferred_positions: Tensor
+    deferred_sources: Tensor
+    num_deferred: int  # D
 
 
 @dataclass(slots=True)
@@ -49,23 +59,24 @@ def round_up(a: int, multiple: int) -> int:
 
 
 # The host buffer holds, in order: input ids [T], positions [T], slot mapping [T], logits
-# indices [N] (int64), query_start_loc [B + 1], seq_lens [B], block tables [B, W] (int32).
+# indices [N], deferred positions [D], deferred sources [D] (int64), query_start_loc
+# [B + 1], seq_lens [B], block tables [B, W] (int32).
 # Each array starts ARRAY_ALIGNMENT bytes aligned, and W is a multiple of
 # TABLE_WIDTH_MULTIPLE: Triton specialises kernels on the 16-byte alignment of pointers and
 # on integers divisible by 16 (the table's row stride), so alignments that moved with the
 # batch's shape would compile a new kernel variant in the middle of serving.
-BUFFER_DTYPES = (np.int64,) * 4 + (np.int32,) * 3
+BUFFER_DTYPES = (np.int64,) * 6 + (np.int32,) * 3
 TORCH_DTYPES = {np.int64: torch.int64, np.int32: torch.int32}
 ARRAY_ALIGNMENT = 64
 TABLE_WIDTH_MULTIPLE = 16
 
 
 def buffer_layout(
-    num_tokens: int, num_reqs: int, num_samples: int, width: int
+    num_tokens: int, num_reqs: int, num_samples: int, num_deferred: int, width: int
 ) -> tuple[list[tuple[int, int]], int]:
     """Byte spans (start, end) of the host buffer's arrays, and the bytes used in all."""
-    lengths = (num_tokens, num_tokens, num_tokens, num_samples, num_reqs + 1, num_reqs,
-               num_reqs * width)
+    lengths = (num_tokens, num_tokens, num_tokens, num_samples, num_deferred, num_deferred,
+               num_reqs + 1, num_reqs, num_reqs * width)
     spans, end = [], 0
     for length, dtype in zip(lengths, BUFFER_DTYPES, strict=True):
         start = round_up(end, ARRAY_ALIGNMENT)
@@ -91,9 +102,9 @@ class InputBuilder:
         self.rows: dict[str, _Row] = {}
         self.row_num_blocks = np.zeros(max_num_seqs, dtype=np.int64)  # block ids in each row
         self.free_rows = list(range(max_num_seqs - 1, -1, -1))
-        # int64: 3 per token + 1 per request; int32: block table + query_start_loc + seq_lens
+        # int64: 3 per token + 3 per request; int32: block table + query_start_loc + seq_lens
         _, max_bytes = buffer_layout(max_num_batched_tokens, max_num_seqs, max_num_seqs,
-                                     table_width)
+                                     max_num_seqs, table_width)
         pin = device.type == "cuda"
         self.host_tensor = torch.empty(max_bytes, dtype=torch.uint8, pin_memory=pin)
         self.host_buffer = self.host_tensor.numpy()  # the same memory, written with numpy
@@ -119,7 +130,7 @@ class InputBuilder:
         self.rows[request_id] = row
         return row
 
-    def _sync_row(self, request, row: _Row | None) -> _Row:
+    def _sync_row(self, request, row: _Row | None, num_computed: int) -> _Row:
         """Copy the request's new block ids into its row (all of them if it was reset)."""
         if row is None:
             row = self._new_row(request.request_id)
@@ -127,7 +138,7 @@ class InputBuilder:
         num_blocks = len(block_ids)
         if (
             row.num_preemptions != request.num_preemptions
-            or row.next_num_computed != request.num_computed_tokens
+            or row.next_num_computed != num_computed
             or num_blocks < row.num_blocks
         ):
             self.block_table[row.index, : row.num_blocks] = 0
@@ -143,41 +154,56 @@ class InputBuilder:
         self.row_num_blocks[row.index] = num_blocks
         return row
 
-    def prepare(self, scheduled: list, num_scheduled_tokens: list[int]) -> StepInputs:
-        """StepInputs for `scheduled` requests computing `num_scheduled_tokens` each."""
-        assert scheduled and len(num_scheduled_tokens) == len(scheduled)
+    def prepare(
+        self, scheduled: list, num_scheduled_tokens: list[int], num_computed: list[int],
+        samples: list[bool], previous_rows: dict[str, int] | None = None,
+    ) -> StepInputs:
+        """StepInputs for `scheduled` requests computing `num_scheduled_tokens` each from
+        position `num_computed`, sampling where `samples`. `previous_rows` maps the request
+        ids the previous (still running) step samples to their rows in its sampled ids:
+        a token not yet in all_token_ids is taken from there."""
+        assert scheduled and len(num_scheduled_tokens) == len(scheduled) == len(num_computed)
         token_ids: list[int] = []
         row_indices: list[int] = []
-        num_computed: list[int] = []
-        num_tokens: list[int] = []
+        deferred_positions: list[int] = []
+        deferred_sources: list[int] = []
         rows_get = self.rows.get
-        add_token, add_tokens = token_ids.append, token_ids.extend
-        add_row, add_computed, add_num_tokens = (
-            row_indices.append, num_computed.append, num_tokens.append
-        )
-        for request, num_new in zip(scheduled, num_scheduled_tokens, strict=True):
+        add_token, add_tokens, add_row = token_ids.append, token_ids.extend, row_indices.append
+        for request, num_new, computed in zip(
+            scheduled, num_scheduled_tokens, num_computed, strict=True
+        ):
             row = rows_get(request.request_id)
-            computed = request.num_computed_tokens
             if (  # anything but a plain continuation with the blocks it had: sync the row
                 row is None
                 or row.next_num_computed != computed
                 or row.num_blocks != len(request.block_ids)
                 or row.num_preemptions != request.num_preemptions
             ):
-                row = self._sync_row(request, row)
-            row.next_num_computed = computed + num_new
+                row = self._sync_row(request, row, computed)
+            end = computed + num_new
+            row.next_num_computed = end
             add_row(row.index)
-            add_computed(computed)
             all_token_ids = request.all_token_ids
-            add_num_tokens(len(all_token_ids))
-            if num_new == 1:
+            if end > len(all_token_ids):  # the last one is still being sampled
+                assert end == len(all_token_ids) + 1 and previous_rows is not None, (
+                    f"request {request.request_id!r} needs {end} tokens but has "
+                    f"{len(all_token_ids)} and none is being sampled"
+                )
+                add_tokens(all_token_ids[computed:])
+                deferred_positions.append(len(token_ids))
+                deferred_sources.append(previous_rows[request.request_id])
+                add_token(0)
+            elif num_new == 1:
                 add_token(all_token_ids[computed])
             else:
-                add_tokens(all_token_ids[computed : computed + num_new])
-        return self._build(token_ids, row_indices, num_computed, num_tokens, num_scheduled_tokens)
+                add_tokens(all_token_ids[computed:end])
+        return self._build(
+            token_ids, row_indices, num_computed, num_scheduled_tokens, samples,
+            (deferred_positions, deferred_sources),
+        )
 
     def _build(
-        self, token_ids, row_indices, num_computed, num_tokens, num_scheduled_tokens
+        self, token_ids, row_indices, num_computed, num_scheduled_tokens, samples, deferred
     ) -> StepInputs:
         num_reqs, total = len(row_indices), len(token_ids)
         assert total <= self.max_num_batched_tokens, (
@@ -188,19 +214,17 @@ class InputBuilder:
         computed = np.array(num_computed, dtype=np.int64)
         row_indices = np.array(row_indices, dtype=np.int64)
         seq_lens = computed + num_new
-        # 0: the request samples; > 0: a mid-prompt chunk
-        num_left = np.array(num_tokens, dtype=np.int64) - seq_lens
         covered = self.row_num_blocks[row_indices] * self.block_size - seq_lens
-        assert num_new.min() > 0 and num_left.min() >= 0 and covered.min() >= 0, (
-            "each scheduled request computes at least one token, at most up to its end, "
-            "and has the blocks for them"
+        assert num_new.min() > 0 and covered.min() >= 0, (
+            "each scheduled request computes at least one token and has the blocks for them"
         )
-        sample_rows = np.flatnonzero(num_left == 0)
+        sample_rows = np.flatnonzero(np.array(samples, dtype=bool))
         max_seq_len = int(seq_lens.max())
         width = round_up(cdiv(max_seq_len, self.block_size), TABLE_WIDTH_MULTIPLE)
         num_samples = len(sample_rows)
+        num_deferred = len(deferred[0])
 
-        spans, num_bytes = buffer_layout(total, num_reqs, num_samples, width)
+        spans, num_bytes = buffer_layout(total, num_reqs, num_samples, num_deferred, width)
         assert num_bytes <= len(self.host_buffer), (
             f"{num_reqs} requests scheduled, more than max_num_seqs allows"
         )
@@ -208,8 +232,11 @@ class InputBuilder:
             self.copy_done.synchronize()
         host = [self.host_buffer[start:end].view(dtype)
                 for (start, end), dtype in zip(spans, BUFFER_DTYPES, strict=True)]
-        ids, positions, slots, logits_indices, query_start_loc, seq_lens_out, tables = host
+        (ids, positions, slots, logits_indices, deferred_positions, deferred_sources,
+         query_start_loc, seq_lens_out, tables) = host
         tables = tables.reshape(num_reqs, width)
+        deferred_positions[:] = deferred[0]
+        deferred_sources[:] = deferred[1]
 
         ids[:] = token_ids
         query_start_loc[0] = 0
@@ -237,9 +264,9 @@ class InputBuilder:
                   for (start, end), dtype in zip(spans, BUFFER_DTYPES, strict=True)]
         meta = AttentionMetadata(
             slot_mapping=device[2],
-            query_start_loc=device[4],
-            seq_lens=device[5],
-            block_tables=device[6].view(num_reqs, width),
+            query_start_loc=device[6],
+            seq_lens=device[7],
+            block_tables=device[8].view(num_reqs, width),
             max_query_len=int(num_new.max()),
             max_seq_len=max_seq_len,
         )
@@ -250,4 +277,7 @@ class InputBuilder:
             logits_indices=device[3],
             sample_rows=sample_rows.tolist(),
             num_tokens=total,
+            deferred_positions=device[4],
+            deferred_sources=device[5],
+            num_deferred=num_deferred,
         )

@@ -65,8 +65,11 @@ def llama_reference(llama_dir):
         {"enable_prefix_caching": True},
         {"max_num_batched_tokens": 32},  # chunked prefill, mixed prefill + decode steps
         {"block_size": 8, "num_kv_blocks": 24, "max_num_batched_tokens": 48},  # preemption
+        {"block_size": 8, "num_kv_blocks": 24, "max_num_batched_tokens": 48,
+         "async_scheduling": False},
     ],
-    ids=["no-prefix-cache", "prefix-cache", "chunked-prefill", "preemption"],
+    ids=["no-prefix-cache", "prefix-cache", "chunked-prefill", "preemption",
+         "preemption-sync-scheduling"],
 )
 def test_same_tokens_under_caching_chunking_and_preemption(llama_dir, llama_reference, options):
     prompts, expected = llama_reference
@@ -249,3 +252,39 @@ def test_chat_applies_the_template(llama_dir):
     assert out.prompt.startswith("<|im_start|>user\nWhat does heapq do?<|im_end|>")
     assert out.prompt.endswith("<|im_start|>assistant\n")
     assert len(out.outputs[0].token_ids) == 8
+
+
+def test_async_and_sync_scheduling_agree(llama_dir, monkeypatch):
+    """Async scheduling (each step launched before the previous one's tokens reach the
+    host) gives exactly the tokens, logprobs and finish reasons of synchronous scheduling,
+    for seeded sampling, penalties (which make the engine wait), min_tokens, stop strings,
+    EOS and n > 1; and it does take tokens from the step still running."""
+    params = [
+        SamplingParams(temperature=0.9, top_k=20, max_tokens=24, seed=11, logprobs=2),
+        SamplingParams(temperature=0.0, max_tokens=30, min_tokens=5, stop=["e"]),
+        SamplingParams(temperature=1.0, max_tokens=16, seed=5, frequency_penalty=0.5),
+        SamplingParams(n=2, temperature=0.7, max_tokens=12, seed=3, ignore_eos=True),
+        SamplingParams(temperature=0.0, max_tokens=40),
+    ]
+    results = {}
+    for async_scheduling in (False, True):
+        llm = make_llm(llama_dir, async_scheduling=async_scheduling, max_num_batched_tokens=24)
+        builder = llm.engine.runner.inputs
+        prepare = builder.prepare
+        num_deferred = []
+
+        def spy(*args, prepare=prepare, num_deferred=num_deferred):
+            inputs = prepare(*args)
+            num_deferred.append(inputs.num_deferred)
+            return inputs
+
+        monkeypatch.setattr(builder, "prepare", spy)
+        outputs = llm.generate(PROMPTS + PROMPTS[:2], params + params[:1], use_tqdm=False)
+        results[async_scheduling] = [
+            [(c.token_ids, c.text, c.finish_reason, c.logprobs) for c in out.outputs]
+            for out in outputs
+        ]
+        assert (sum(num_deferred) > 0) == async_scheduling
+        stats = llm.engine.stats()
+        assert stats.num_free_blocks == stats.num_blocks
+    assert results[True] == results[False]

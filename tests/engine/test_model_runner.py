@@ -56,17 +56,28 @@ def make_request(request_id: str, prompt: list[int], params=GREEDY) -> Request:
     return Request(request_id, list(prompt), params, eos_token_id=None, arrival_time=0.0)
 
 
+def scheduled(requests: list[Request], num_new: list[int], finished=()) -> SchedulerOutput:
+    """A SchedulerOutput for requests computing num_new tokens each from their
+    num_computed_tokens, sampling where that reaches their last token."""
+    return SchedulerOutput(
+        scheduled=list(requests),
+        num_scheduled_tokens=list(num_new),
+        total_num_scheduled_tokens=sum(num_new),
+        finished_request_ids=set(finished),
+        num_preemptions=0,
+        num_computed_tokens=[r.num_computed_tokens for r in requests],
+        samples=[
+            r.num_computed_tokens + n == r.num_tokens
+            for r, n in zip(requests, num_new, strict=True)
+        ],
+    )
+
+
 def step(runner, blocks: Blocks, batch: list[tuple[Request, int]], finished=()):
     """Schedule (request, num_new_tokens) pairs, execute, apply like Scheduler.update."""
     for request, num_new in batch:
         blocks.cover(request, request.num_computed_tokens + num_new)
-    out = SchedulerOutput(
-        scheduled=[r for r, _ in batch],
-        num_scheduled_tokens=[n for _, n in batch],
-        total_num_scheduled_tokens=sum(n for _, n in batch),
-        finished_request_ids=set(finished),
-        num_preemptions=0,
-    )
+    out = scheduled([r for r, _ in batch], [n for _, n in batch], finished)
     result = runner.execute(out)
     assert len(result.sampled_token_ids) == len(batch) == len(result.logprobs)
     for (request, num_new), token_id in zip(batch, result.sampled_token_ids, strict=True):
@@ -184,7 +195,7 @@ def test_input_preparation_layout(llama_dir):
     for request, n in ((a, 6), (b, 7)):
         blocks.cover(request, n)
     a.num_computed_tokens = 5  # a: one new token at position 5; b: a 7-token chunk
-    out = SchedulerOutput([a, b], [1, 7], 8, set(), 0)
+    out = scheduled([a, b], [1, 7])
     inputs = runner.prepare_inputs(out)
     assert inputs.input_ids.tolist() == a.all_token_ids[5:6] + b.all_token_ids[:7]
     assert inputs.positions.tolist() == [5, *range(7)]
@@ -229,7 +240,7 @@ def test_block_rows_resync_when_blocks_are_replaced_without_preemption(llama_dir
     (prompt,) = prompts(llama_dir, [10])
     request = make_request("r", prompt)
     blocks.cover(request, 8)
-    runner.prepare_inputs(SchedulerOutput([request], [8], 8, set(), 0))
+    runner.prepare_inputs(scheduled([request], [8]))
     request.num_computed_tokens = 8
     old_blocks = list(request.block_ids)
     blocks.release(request)
@@ -237,7 +248,7 @@ def test_block_rows_resync_when_blocks_are_replaced_without_preemption(llama_dir
     blocks.free.sort()
     blocks.cover(request, 10)
     assert request.block_ids != old_blocks[: len(request.block_ids)]
-    inputs = runner.prepare_inputs(SchedulerOutput([request], [10], 10, set(), 0))
+    inputs = runner.prepare_inputs(scheduled([request], [10]))
     assert inputs.meta.slot_mapping.tolist() == expected_slots(request, 0, 10)
     assert inputs.meta.block_tables[:, : len(request.block_ids)].tolist() == [request.block_ids]
 
@@ -249,13 +260,13 @@ def test_block_rows_grow_past_max_num_seqs(llama_dir):
     for request in requests:  # 3 live requests (e.g. 1 preempted) for 2 rows
         blocks.cover(request, request.num_tokens)
         inputs = runner.prepare_inputs(
-            SchedulerOutput([request], [request.num_tokens], request.num_tokens, set(), 0)
+            scheduled([request], [request.num_tokens])
         )
         assert inputs.meta.slot_mapping.tolist() == expected_slots(request, 0, request.num_tokens)
     assert len({row.index for row in runner.inputs.rows.values()}) == 3
     for request in requests:
         request.num_computed_tokens = request.num_tokens - 1
-    inputs = runner.prepare_inputs(SchedulerOutput(requests, [1, 1, 1], 3, set(), 0))
+    inputs = runner.prepare_inputs(scheduled(requests, [1, 1, 1]))
     assert inputs.meta.block_tables[:, :1].flatten().tolist() == [r.block_ids[0] for r in requests]
     assert inputs.meta.slot_mapping.tolist() == [
         expected_slots(r, r.num_tokens - 1, r.num_tokens)[0] for r in requests
@@ -308,10 +319,10 @@ def test_graph_inputs_padding_on_cpu(llama_dir):
     for request in requests:
         blocks.cover(request, request.num_tokens)
     with torch.inference_mode():
-        graphs.run(runner.prepare_inputs(SchedulerOutput(requests, [1] * 4, 4, set(), 0)))
+        graphs.run(runner.prepare_inputs(scheduled(requests, [1] * 4)))
         assert graphs.slot_mapping[3] >= 0  # the full bucket filled row 3
         requests[3].num_computed_tokens += 1  # as if its token is now cached
-        out = SchedulerOutput(requests[:3], [1, 1, 1], 3, set(), 0)
+        out = scheduled(requests[:3], [1, 1, 1])
         inputs = runner.prepare_inputs(out)
         assert graphs.can_run(inputs)
         cache_before = runner.kv_cache.clone()

@@ -1,5 +1,7 @@
 """Scheduler, driven by a fake runner that simulates the paged KV cache (no model, no torch)."""
 
+import dataclasses
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -45,19 +47,36 @@ class FakeRunner:
         bs = self.scheduler.block_size
         return request.block_ids[position // bs] * bs + position % bs
 
-    def execute(self, out: SchedulerOutput) -> list[int | None]:
+    def execute(self, out: SchedulerOutput, previous: dict | None = None) -> list[int | None]:
+        """`previous` (async scheduling): request id -> the token the previous step sampled
+        for it, which the scheduler has not been updated with yet."""
         pool = self.scheduler.kv.pool
         sampled = []
-        for request, num_new in zip(out.scheduled, out.num_scheduled_tokens, strict=True):
-            start, end = request.num_computed_tokens, request.num_computed_tokens + num_new
-            assert 0 < end <= request.num_tokens
+        for request, num_new, start, samples in zip(
+            out.scheduled, out.num_scheduled_tokens, out.num_computed_tokens, out.samples,
+            strict=True,
+        ):
+            end = start + num_new
+            assert end == request.num_computed_tokens
+            if end > request.num_tokens:  # computes the token still being sampled
+                token = previous[request.request_id]
+                request = dataclasses.replace(
+                    request, all_token_ids=request.all_token_ids + [token],
+                    output_token_ids=request.output_token_ids + [token],
+                )
+            assert 0 < end <= request.num_tokens and samples == (end == request.num_tokens)
+            max_tokens = request.sampling_params.max_tokens or self.scheduler.config.max_model_len
+            assert not samples or (  # never a token past the request's limits
+                request.num_output_tokens < max_tokens
+                and end < self.scheduler.config.max_model_len
+            ), request.request_id
             for position in range(start):
                 assert self.slots[self.slot(request, position)] == request.all_token_ids[position]
             for position in range(start, end):
                 block = pool.blocks[request.block_ids[position // self.scheduler.block_size]]
                 assert block.ref_count == 1 and block.block_hash is None, "write to shared block"
                 self.slots[self.slot(request, position)] = request.all_token_ids[position]
-            sampled.append(self.sample(request) if end == request.num_tokens else None)
+            sampled.append(self.sample(request) if samples else None)
         return sampled
 
 
@@ -92,6 +111,36 @@ def run(scheduler: Scheduler, runner: FakeRunner | None = None, max_steps=10_000
             on_step(len(outputs), out)
     scheduler.kv.pool.check_whole()
     return outputs
+
+
+def run_async(scheduler: Scheduler, runner: FakeRunner, max_steps=10_000) -> int:
+    """Step as EngineCore does under async scheduling: schedule and execute step N before
+    updating with step N-1's tokens. Returns the most placeholders a request had."""
+    in_flight = None  # (SchedulerOutput, sampled) of the step not yet updated
+    num_steps = most_placeholders = 0
+    while scheduler.has_unfinished_requests() or in_flight:
+        num_steps += 1
+        assert num_steps < max_steps, "scheduler made no progress"
+        out = scheduler.schedule()
+        assert out.total_num_scheduled_tokens == sum(out.num_scheduled_tokens)
+        assert out.scheduled or in_flight, "stuck"
+        most_placeholders = max(
+            [most_placeholders, *(r.num_output_placeholders for r in out.scheduled)]
+        )
+        launched = None
+        if out.scheduled:
+            previous = {} if in_flight is None else {
+                r.request_id: t
+                for r, t in zip(in_flight[0].scheduled, in_flight[1], strict=True)
+                if t is not None
+            }
+            launched = (out, runner.execute(out, previous))
+        if in_flight:
+            scheduler.update(*in_flight)
+            check_invariants(scheduler)
+        in_flight = launched
+    scheduler.kv.pool.check_whole()
+    return most_placeholders
 
 
 def expected_output(prompt, num_tokens) -> list[int]:
@@ -171,7 +220,9 @@ def test_admission_is_first_come_first_served():
     # big gets a chunk of the 4 free blocks (1 kept in reserve); small may not overtake it
     assert [r.request_id for r in out.scheduled] == ["blocker", "big"]
     assert out.num_scheduled_tokens == [12, 16]
-    run(scheduler)
+    runner = FakeRunner(scheduler)
+    scheduler.update(out, runner.execute(out))
+    run(scheduler, runner)
 
 
 def test_prefix_cache_hits_across_requests():
@@ -187,9 +238,8 @@ def test_prefix_cache_hits_across_requests():
     scheduler.add_request(second)
     scheduler.add_request(third)
     out = scheduler.schedule()
-    assert second.num_computed_tokens == 8 and second.num_cached_tokens == 8
-    assert third.num_computed_tokens == 0 and third.num_cached_tokens == 0
-    assert out.num_scheduled_tokens == [4, 11]
+    assert out.num_computed_tokens == [8, 0] and out.num_scheduled_tokens == [4, 11]
+    assert second.num_cached_tokens == 8 and third.num_cached_tokens == 0
     scheduler.update(out, runner.execute(out))
     run(scheduler, runner)
     assert second.output_token_ids == expected_output(prefix + [7, 7, 7], 3)
@@ -459,3 +509,48 @@ def test_random_traffic_with_aborts_keeps_every_invariant(seed):
             expected = expected_output(request.prompt_token_ids, request.num_output_tokens)
             assert request.output_token_ids == expected
             assert request.num_output_tokens == request.sampling_params.max_tokens
+
+
+def sample_sometimes_eos(request: Request) -> int:
+    token = next_token(request)
+    return EOS if token % 7 == 0 and request.num_output_tokens >= 2 else token
+
+
+def async_scenario(caching: bool) -> tuple[Scheduler, list[Request]]:
+    """A crowd that preempts (small pool), chunks (small budget), hits the prefix cache,
+    stops on EOS, max_tokens and max_model_len, and has n > 1 siblings."""
+    rng = random.Random(1)
+    scheduler = make_scheduler(num_blocks=24, max_num_seqs=6, max_num_batched_tokens=20,
+                               max_model_len=40, enable_prefix_caching=caching)
+    prefix = [rng.randrange(10, 60) for _ in range(9)]
+    requests = []
+    for i in range(14):
+        tail = [rng.randrange(10, 60) for _ in range(rng.randint(1, 12))]
+        prompt = (prefix if i % 2 else []) + tail
+        max_tokens = None if i == 5 else rng.randint(1, 14)
+        requests.append(make_request(f"r{i}", prompt, max_tokens=max_tokens, ignore_eos=i % 3 == 0))
+    prompt = [rng.randrange(10, 60) for _ in range(10)]
+    requests += [make_request(f"{i}_p", prompt, parent_id="p", max_tokens=6) for i in range(3)]
+    for request in requests:
+        scheduler.add_request(request)
+    return scheduler, requests
+
+
+@pytest.mark.parametrize("caching", [True, False])
+def test_async_scheduling_gives_the_same_tokens(caching):
+    """Scheduling each step before the previous one's tokens are in (placeholders, the
+    runner reading the pending token from the previous step) ends every request exactly as
+    synchronous scheduling does, through preemption, chunking, EOS and limits."""
+    expected, requests = async_scenario(caching)
+    run(expected, FakeRunner(expected, sample_sometimes_eos))
+    scheduler, got = async_scenario(caching)
+    most_placeholders = run_async(scheduler, FakeRunner(scheduler, sample_sometimes_eos))
+    assert most_placeholders == 2, "a step was scheduled past one whose tokens were pending"
+    assert scheduler.num_preemptions_total > 0
+    statuses = Counter(r.status for r in got)
+    assert statuses[RequestStatus.FINISHED_STOPPED] and statuses[RequestStatus.FINISHED_LENGTH]
+    for want, have in zip(requests, got, strict=True):
+        assert have.output_token_ids == want.output_token_ids, have.request_id
+        assert (have.status, have.stop_reason) == (want.status, want.stop_reason)
+    if caching:
+        assert scheduler.kv.prefix_cache_hits > 0
