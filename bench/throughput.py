@@ -4,8 +4,10 @@
     python -m bench.throughput --model lodger_pkg/default_model --workloads batch1 --threads 2
     python -m bench.throughput --tiny          # CPU smoke run: tiny shape, small workloads
 
-Each engine runs in a process of its own, one after the other, on every workload; each
-lodger record gets `vs`: its throughput divided by each peer's on the same workload.
+Each engine runs in a process of its own, one after the other, on every workload, killed
+(with its process group) past --timeout seconds or past what is left of --budget, the
+whole run's seconds; each lodger record gets `vs`: its throughput divided by each peer's
+on the same workload, and every record `worker_s`, its engine process's wall time.
 Records are appended as JSON lines to --out (bench/results/offline.jsonl by default; a
 --tiny run writes nowhere unless --out is given).
 """
@@ -13,10 +15,13 @@ Records are appended as JSON lines to --out (bench/results/offline.jsonl by defa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +37,10 @@ TINY_WORKLOADS = "fixed-32-16-8,batch1-8-16"
 
 def run_worker(engine: str, model_dir: Path, workloads: str, options: list[str],
                threads: int | None, timeout_s: float, command: str) -> list[dict]:
-    """Run bench.worker for one engine; its records, or one error record per workload."""
+    """Run bench.worker for one engine; its records, or one error record per workload.
+
+    The worker is killed at timeout_s whether or not it is printing (a compile can be silent
+    for minutes), together with its process group (inductor's compile workers)."""
     argv = [sys.executable, "-m", "bench.worker", "--engine", engine, "--model", str(model_dir),
             "--workloads", workloads]
     for option in options:
@@ -41,27 +49,36 @@ def run_worker(engine: str, model_dir: Path, workloads: str, options: list[str],
         argv += ["--threads", str(threads)]
     env = {**os.environ, "LODGER_BENCH_COMMAND": command, "PYTHONUNBUFFERED": "1"}
     records, tail = [], []
-    print(f"== {engine}: {workloads}", flush=True)
+    print(f"== {engine}: {workloads} (at most {timeout_s:.0f} s)", flush=True)
+    start = time.monotonic()
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout_s
-    error = None
-    try:
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def pump() -> None:
         for line in proc.stdout:
             if line.startswith(RECORD_PREFIX):
                 records.append(json.loads(line[len(RECORD_PREFIX):]))
             else:
-                tail = (tail + [line.rstrip()])[-20:]
+                tail[:] = (tail + [line.rstrip()])[-20:]
                 print(f"   {engine}| {line.rstrip()}", flush=True)
-            if time.monotonic() > deadline:
-                error = f"timed out after {timeout_s:.0f} s"
-                break
-    finally:
-        if proc.poll() is None and error is not None:
-            proc.kill()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    error = None
+    try:
+        returncode = proc.wait(timeout=max(timeout_s, 0.0))
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {timeout_s:.0f} s"
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(proc.pid, signal.SIGKILL)
         returncode = proc.wait()
+    reader.join(timeout=10)
+    worker_s = round(time.monotonic() - start, 1)
+    print(f"== {engine} done in {worker_s} s", flush=True)
     if error is None and returncode != 0:
         error = f"exit code {returncode}: " + " / ".join(tail[-3:])
+    for record in records:
+        record["worker_s"] = worker_s
     done = {r["workload"] for r in records}
     for spec in workloads.split(","):
         if spec not in done:
@@ -118,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", help="dtype of a built checkpoint")
     parser.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per engine")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds for the whole run, checkpoint included: each engine gets "
+                             "the least of --timeout and what is left")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file to append to")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run (tiny shape)")
     args = parser.parse_args(argv)
@@ -136,11 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     for option in args.option:
         parse_option(option)
     context = run_context(["bench/throughput.py", *(argv if argv is not None else sys.argv[1:])])
+    start = time.monotonic()
     model_dir, label = resolve_model(args)
     records = []
     for engine in engines:
+        limit = args.timeout
+        if args.budget is not None:
+            limit = min(limit, args.budget - (time.monotonic() - start))
+        if limit < 1:
+            records += [{"kind": "offline", "engine": engine, "workload": spec,
+                         "error": f"not run: the run's {args.budget:.0f} s budget was spent"}
+                        for spec in args.workloads.split(",")]
+            continue
         records += run_worker(engine, model_dir, args.workloads, args.option, args.threads,
-                              args.timeout, context["command"])
+                              limit, context["command"])
     add_ratios(records)
     for record in records:
         record.update({**context, "shape": label, "card": record.get("card", context["card"])})
