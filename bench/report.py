@@ -30,31 +30,49 @@ GOALS = [("nano", "qwen3-0.6b", "output_tok_per_s", 20000.0),
          ("batch1", "llama3-8b", "tok_per_s_batch1", 180.0)]
 
 
-def latest_runs(records: list[dict], kind: str) -> list[list[dict]]:
-    """The records of the newest run of each (card, shape), oldest group first."""
+def latest_runs(records: list[dict], kind: str, by_workload: bool = False) -> list[list[dict]]:
+    """The records of the newest run of each (card, shape), in (card, shape) order.
+
+    by_workload: each workload's records come from the newest run that measured it, so a
+    shape recorded in several runs (one device call per workload group) shows all of them.
+    """
     runs: dict[tuple, list[dict]] = {}
     for record in records:
         if record.get("kind") == kind and record.get("shape") != "tiny":
             runs.setdefault(tuple(record.get(k) for k in RUN_KEYS), []).append(record)
     newest: dict[tuple, tuple] = {}
-    for key in runs:
-        card_shape = (key[3], key[4])
-        if card_shape not in newest or key[1] > newest[card_shape][1]:
-            newest[card_shape] = key
-    return [runs[key] for key in sorted(newest.values(), key=lambda k: (k[3], k[4]))]
+    for key, run in runs.items():
+        for part in {r.get("workload") for r in run} if by_workload else {None}:
+            group = (key[3], key[4], part)
+            if group not in newest or key[1] > newest[group][1]:
+                newest[group] = key
+    tables: dict[tuple, list[dict]] = {}
+    for (card, shape, part), key in sorted(newest.items(), key=lambda item: item[1][1]):
+        tables.setdefault((card, shape), []).extend(
+            r for r in runs[key] if part is None or r.get("workload") == part)
+    return [tables[k] for k in sorted(tables, key=lambda k: (str(k[0]), str(k[1])))]
 
 
 def _num(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _provenance(record: dict) -> str:
-    return (f"**{record['card']}**, {record['date'][:10]}, commit `{record['commit']}`:\n\n"
-            f"```\n{record['command']}\n```\n")
+def _provenance(record: dict, workloads: list[str] | None = None) -> str:
+    which = f" ({', '.join(workloads)})" if workloads else ""
+    return (f"**{record['card']}**, {record['date'][:10]}, commit `{record['commit']}`{which}:"
+            f"\n\n```\n{record['command']}\n```\n")
 
 
 def offline_table(run: list[dict]) -> str:
-    lines = [f"#### {run[0]['shape']}\n", _provenance(run[0]),
+    """One shape's table; its records may come from several runs, each named with its
+    workloads."""
+    by_run: dict[tuple, list[dict]] = {}
+    for r in run:
+        by_run.setdefault(tuple(r.get(k) for k in RUN_KEYS), []).append(r)
+    several = len(by_run) > 1
+    provenance = [_provenance(rs[0], sorted({r["workload"] for r in rs}) if several else None)
+                  for rs in by_run.values()]
+    lines = [f"#### {run[0]['shape']}\n", *provenance,
              "| workload | engine | output tok/s | req/s | ms/token | elapsed s | "
              "lodger ÷ engine |", "| --- | --- | --- | --- | --- | --- | --- |"]
     lodger = {r["workload"]: r for r in run if r["engine"] == "lodger" and "error" not in r}
@@ -134,7 +152,7 @@ def update_section(text: str, name: str, body: str, heading: str) -> str:
 
 
 def render(records: list[dict], doc_text: str, plot_path: Path, doc_path: Path) -> str:
-    offline_all = latest_runs(records, "offline")
+    offline_all = latest_runs(records, "offline", by_workload=True)
     offline = [run for run in offline_all if run[0]["shape"] != DEFAULT_MODEL_LABEL]
     default_offline = [run for run in offline_all if run[0]["shape"] == DEFAULT_MODEL_LABEL]
     serving_all = latest_runs(records, "serving")
