@@ -162,3 +162,84 @@ def test_profile_lodger_times_the_step_phases(tmp_path):
     assert set(profile["phase_ms_per_step"]) == {"schedule", "launch", "process", "update"}
     assert profile["num_steps"] >= 8 and profile["decode_window"]["steps"] == 3
     assert profile["decode_window"]["num_running"] == 8
+
+
+def test_hf_cb_cache_plan_fits_beside_llama3_8b():
+    """The H100 figures of the failed run: 16 GB of weights, ~62 GiB free after loading."""
+    from types import SimpleNamespace
+
+    from bench.run_hf import CB_MEMORY_SHARE, cb_cache_plan
+
+    config = SimpleNamespace(**config_json(SHAPES["llama3-8b"], "bfloat16"))
+    free = int(62 * 2**30)
+    fixed = cb_cache_plan(config, parse_workload("fixed-256-256-1024"), 256, free)
+    assert fixed["blocks_fit"] < fixed["blocks_needed"] == 1024 * 2
+    assert fixed["num_blocks"] == fixed["blocks_fit"] and fixed["max_batch_tokens"] == 8192
+    # the cache itself, one layer's K/V repeated to the query heads and the mask stay inside
+    tokens = fixed["num_blocks"] * 256
+    repeated = tokens * 2 * 32 * 128 * 2
+    mask = 8192 * (tokens + 8192) * 2
+    assert fixed["kv_gib"] * 2**30 + repeated + mask < CB_MEMORY_SHARE * free
+    assert 30 < fixed["kv_gib"] < 45
+    batch1 = cb_cache_plan(config, parse_workload("batch1"), 256, free)
+    assert (batch1["num_blocks"], batch1["max_batch_tokens"]) == (2, 512)
+    with pytest.raises(MemoryError):
+        cb_cache_plan(config, parse_workload("batch1"), 256, 2**30)
+
+
+def test_hf_cb_block_field_is_the_installed_transformers_one():
+    import dataclasses
+
+    from transformers import ContinuousBatchingConfig
+
+    from bench.run_hf import cb_block_field
+
+    field = cb_block_field()
+    assert field in {"page_size", "block_size"}
+    assert getattr(ContinuousBatchingConfig(**{field: 32}), field) == 32
+    assert field in {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+
+
+def test_report_shows_each_workload_from_its_newest_run():
+    from bench.report import latest_runs, offline_table
+
+    def rec(date, workload, engine="lodger"):
+        return _record(kind="offline", engine=engine, workload=workload, date=date,
+                       command=f"run {date}", output_tok_per_s=1.0, req_per_s=1.0,
+                       elapsed_s=1.0)
+
+    records = [rec("2026-01-01", "fixed"), rec("2026-01-01", "batch1"),
+               rec("2026-01-02", "fixed"), rec("2026-01-02", "fixed", "hf-cb"),
+               rec("2026-01-03", "batch1")]
+    [table] = latest_runs(records, "offline", by_workload=True)
+    assert sorted((r["workload"], r["engine"], r["date"]) for r in table) == [
+        ("batch1", "lodger", "2026-01-03"), ("fixed", "hf-cb", "2026-01-02"),
+        ("fixed", "lodger", "2026-01-02")]
+    [whole] = latest_runs(records, "offline")
+    assert [r["date"] for r in whole] == ["2026-01-03"]
+    table_text = offline_table(table)
+    assert "commit `abc1234` (batch1):" in table_text and "(fixed):" in table_text
+
+
+def test_throughput_budget_skips_engines_once_spent(tmp_path, monkeypatch):
+    import bench.throughput as throughput
+
+    calls = []
+
+    def fake_worker(engine, model_dir, workloads, options, threads, timeout_s, command):
+        calls.append((engine, timeout_s))
+        return [{"kind": "offline", "engine": engine, "workload": w, "error": "fake"}
+                for w in workloads.split(",")]
+
+    monkeypatch.setattr(throughput, "run_worker", fake_worker)
+    monkeypatch.setattr(throughput, "resolve_model", lambda args: (tmp_path, "tiny"))
+    out = tmp_path / "out.jsonl"
+    assert throughput.main(["--tiny", "--out", str(out), "--timeout", "30",
+                            "--budget", "0.5"]) == 1
+    assert calls == []
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 6 and all("budget was spent" in r["error"] for r in records)
+    calls.clear()
+    throughput.main(["--tiny", "--out", str(out), "--timeout", "30", "--budget", "100"])
+    assert [engine for engine, _ in calls] == ["lodger", "hf-static", "hf-cb"]
+    assert all(0 < limit <= 30 for _, limit in calls)
