@@ -4,9 +4,12 @@
 
 Runs the workload through `EngineCore.step()` with each host phase timed (schedule, model
 launch, output processing, scheduler update; the rest of a step is mostly waiting for the GPU),
-then profiles a window of decode-only steps with torch.profiler: the share of the window's
+then profiles two windows of decode-only steps with torch.profiler (once every prompt is
+in, at full batch, and in the tail when few requests are left): the share of the window's
 wall time the GPU was busy, and the kernels that took it. A GPU busy well under 100% means
 the host (Python, launches, synchronisation) limits throughput; near 100%, the kernels do.
+`step_kinds` splits the run's wall time by kind of step (steps with prompt tokens, and
+decode-only steps by batch size), which says which part of the run the time goes to.
 """
 
 from __future__ import annotations
@@ -49,6 +52,31 @@ def time_phases(core, totals: dict[str, float]) -> None:
         setattr(owner, method_name, timed)
 
 
+# decode-only steps are grouped by batch size: at least each bound, largest first
+BATCH_BOUNDS = (192, 64, 16, 1)
+
+
+def step_kind(num_tokens: int, num_seqs: int) -> str:
+    if num_tokens > num_seqs:
+        return "with prompt tokens"
+    bound = next(b for b in BATCH_BOUNDS if num_seqs >= b)
+    return f"decode, batch >= {bound}"
+
+
+def summarise_steps(steps: list[tuple[float, int, int]]) -> dict:
+    """(wall s, tokens, sequences) per step -> per kind: steps, seconds, ms/step, batch."""
+    kinds: dict[str, list] = defaultdict(list)
+    for wall, num_tokens, num_seqs in steps:
+        kinds[step_kind(num_tokens, num_seqs)].append((wall, num_tokens, num_seqs))
+    return {
+        kind: {"steps": len(rows), "s": round(sum(r[0] for r in rows), 3),
+               "ms_per_step": round(1000 * sum(r[0] for r in rows) / len(rows), 3),
+               "mean_batch": round(sum(r[2] for r in rows) / len(rows), 1),
+               "tokens": sum(r[1] for r in rows)}
+        for kind, rows in sorted(kinds.items())
+    }
+
+
 def profile_window(core, num_steps: int) -> dict:
     """torch.profiler over num_steps steps: GPU busy share and the top kernels."""
     import torch
@@ -88,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", default="nano")
     parser.add_argument("--option", action="append", default=[])
     parser.add_argument("--window", type=int, default=50, help="decode steps to profile")
+    parser.add_argument("--tail-batch", type=int, default=32,
+                        help="profile the tail window once this few requests are left")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
@@ -104,12 +134,23 @@ def main(argv: list[str] | None = None) -> int:
                  use_tqdm=False)
     totals: dict[str, float] = defaultdict(float)
     time_phases(core, totals)
+    scheduled = []  # (tokens, sequences) of each schedule() that launched a step
+    timed_schedule = core.scheduler.schedule
+
+    def schedule():
+        out = timed_schedule()
+        if out.scheduled:
+            scheduled.append((out.total_num_scheduled_tokens, len(out.scheduled)))
+        return out
+
+    core.scheduler.schedule = schedule
     for i, (prompt, max_tokens) in enumerate(zip(workload.prompts, workload.max_tokens,
                                                   strict=True)):
         params = SamplingParams(temperature=workload.temperature, ignore_eos=True,
                                 max_tokens=max_tokens)
         core.add_request(f"p{i}", prompt, params)
-    num_steps, window = 0, None
+    num_steps, window, tail_window = 0, None, None
+    steps: list[tuple[float, int, int]] = []  # outside the profiled windows
     start = time.perf_counter()
     while core.has_unfinished_requests():
         stats = core.stats()
@@ -117,10 +158,19 @@ def main(argv: list[str] | None = None) -> int:
             window = profile_window(core, args.window)  # decode-only: every prompt is in
             window["num_running"] = stats.num_running
             continue
+        if (window is not None and tail_window is None and stats.num_waiting == 0
+                and stats.num_running <= args.tail_batch):
+            tail_window = profile_window(core, args.window)
+            tail_window["num_running"] = stats.num_running
+            continue
+        num_scheduled = len(scheduled)
+        step_start = time.perf_counter()
         core.step()
+        if len(scheduled) > num_scheduled:
+            steps.append((time.perf_counter() - step_start, *scheduled[-1]))
         num_steps += 1
     wall = time.perf_counter() - start
-    num_steps += window["steps"] if window else 0
+    num_steps += sum(w["steps"] for w in (window, tail_window) if w)
     summary = {
         "kind": "profile", **run_context(), "shape": label, "workload": workload.name,
         "wall_s": round(wall, 3), "num_steps": num_steps,
@@ -128,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "phase_ms_per_step": {name: round(1000 * t / max(1, num_steps), 3)
                               for name, t in totals.items()},
         "rest_ms_per_step": round(1000 * (wall - sum(totals.values())) / max(1, num_steps), 3),
+        "step_kinds": summarise_steps(steps),
         "decode_window": window,
+        "tail_window": tail_window,
     }
     print(json.dumps(summary, indent=1))
     if args.out is not None:

@@ -79,14 +79,21 @@ def fused_add_rms_norm(
 
 
 def apply_rotary(
-    q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor
+    q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor,
+    q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None,
+    eps: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Rotate-half rotary embedding of q [T, Hq, D] and k [T, Hkv, D] in place; returns them."""
+    """Rotate-half rotary embedding of q [T, Hq, D] and k [T, Hkv, D] in place; returns them.
+    With q_norm_weight / k_norm_weight [D] each head is RMS-normalised first (Qwen3)."""
     if use_triton(q):
         from lodger.kernels import rotary
 
-        return rotary.apply_rotary(q, k, positions, cos_sin_cache)
-    return reference.apply_rotary(q, k, positions, cos_sin_cache)
+        return rotary.apply_rotary(
+            q, k, positions, cos_sin_cache, q_norm_weight, k_norm_weight, eps
+        )
+    return reference.apply_rotary(
+        q, k, positions, cos_sin_cache, q_norm_weight, k_norm_weight, eps
+    )
 
 
 def silu_and_mul(x: Tensor) -> Tensor:

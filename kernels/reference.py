@@ -112,13 +112,19 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def apply_rotary(
-    q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor
+    q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor,
+    q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None,
+    eps: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Rotary embedding of q [T, Hq, D] and k [T, Hkv, D] in place; returns (q, k).
 
     cos_sin_cache is [max_pos, R] float32 = cat(cos, sin) of the angles; R == D for
-    Llama (R < D rotates only the first R dims).
+    Llama (R < D rotates only the first R dims). With q_norm_weight and k_norm_weight
+    [D] (Qwen3), each head is first replaced by rms_norm(head, weight, eps).
     """
+    if q_norm_weight is not None:
+        q[:] = rms_norm(q, q_norm_weight, eps)
+        k[:] = rms_norm(k, k_norm_weight, eps)
     half = cos_sin_cache.shape[1] // 2
     cos_sin = cos_sin_cache[positions]
     cos, sin = cos_sin[:, :half], cos_sin[:, half:]

@@ -1,7 +1,11 @@
-"""Triton rotary embedding (rotate-half, GPT-NeoX/HF Llama layout) applied to q and k in place.
+"""Triton rotary embedding (rotate-half, GPT-NeoX/HF Llama layout) applied to q and k in place,
+optionally after a per-head RMSNorm of each (Qwen3's q_norm / k_norm) in the same pass.
 
 Torch reference: lodger.kernels.reference.apply_rotary. cos/sin come from the model's
 float32 cos_sin_cache (Llama-3 scaling is already in it); the rotation runs in float32.
+The fused norm rounds like lodger.kernels.rms_norm (normalise in float32, cast, times the
+weight, cast), so norm + rotary here equals the two kernels one after the other, and q and
+k stay strided views of the qkv projection (no copies to make heads contiguous).
 """
 
 import torch
@@ -12,10 +16,11 @@ from torch import Tensor
 
 @triton.jit
 def _rotate_heads(
-    x_ptr, stride_h, num_heads, cos, sin,
-    HEADS_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+    x_ptr, stride_h, num_heads, cos, sin, weight_ptr, eps,
+    HEADS_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, NORM: tl.constexpr,
 ):  # fmt: skip
-    """Rotate the first 2 * HALF dims of every head of one token's [H, D] row, in place."""
+    """Rotate the first 2 * HALF dims of every head of one token's [H, D] row, in place;
+    with NORM (then D == 2 * HALF) each head is RMS-normalised and weighted first."""
     heads = tl.arange(0, HEADS_PAD)[:, None]
     dims = tl.arange(0, HALF_PAD)[None, :]
     mask = (heads < num_heads) & (dims < HALF)
@@ -23,17 +28,24 @@ def _rotate_heads(
     x1 = tl.load(first, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(first + HALF, mask=mask, other=0.0).to(tl.float32)
     dtype = x_ptr.dtype.element_ty
+    if NORM:
+        variance = (tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * HALF)
+        scale = tl.rsqrt(variance + eps)[:, None]
+        w1 = tl.load(weight_ptr + dims, mask=dims < HALF, other=0.0).to(tl.float32)
+        w2 = tl.load(weight_ptr + HALF + dims, mask=dims < HALF, other=0.0).to(tl.float32)
+        x1 = (w1 * (x1 * scale).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        x2 = (w2 * (x2 * scale).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     tl.store(first, (x1 * cos - x2 * sin).to(dtype), mask=mask)
     tl.store(first + HALF, (x2 * cos + x1 * sin).to(dtype), mask=mask)
 
 
 @triton.jit
 def _rotary_kernel(
-    q_ptr, k_ptr, positions_ptr, cache_ptr,
+    q_ptr, k_ptr, positions_ptr, cache_ptr, q_weight_ptr, k_weight_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_cache,
-    num_q_heads, num_kv_heads,
+    num_q_heads, num_kv_heads, eps,
     Q_HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr, NORM: tl.constexpr,
 ):  # fmt: skip
     """One program per token: cos/sin of its position, then all q heads and all k heads."""
     token = tl.program_id(0).to(tl.int64)
@@ -42,17 +54,22 @@ def _rotary_kernel(
     cos = tl.load(cache_ptr + position * stride_cache + dims, mask=dims < HALF, other=0.0)
     sin = tl.load(cache_ptr + position * stride_cache + HALF + dims, mask=dims < HALF, other=0.0)
     _rotate_heads(
-        q_ptr + token * stride_qt, stride_qh, num_q_heads, cos, sin, Q_HEADS_PAD, HALF, HALF_PAD
+        q_ptr + token * stride_qt, stride_qh, num_q_heads, cos, sin, q_weight_ptr, eps,
+        Q_HEADS_PAD, HALF, HALF_PAD, NORM,
     )
     _rotate_heads(
-        k_ptr + token * stride_kt, stride_kh, num_kv_heads, cos, sin, KV_HEADS_PAD, HALF, HALF_PAD
+        k_ptr + token * stride_kt, stride_kh, num_kv_heads, cos, sin, k_weight_ptr, eps,
+        KV_HEADS_PAD, HALF, HALF_PAD, NORM,
     )
 
 
 def apply_rotary(
-    q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor
+    q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor,
+    q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None,
+    eps: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Rotate q [T, Hq, D] and k [T, Hkv, D] (rows may be strided views) in place."""
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] (rows may be strided views) in place; with
+    q_norm_weight and k_norm_weight [D], RMS-normalise each head (eps) first."""
     num_tokens, num_q_heads, head_dim = q.shape
     assert k.dim() == 3 and k.shape[0] == num_tokens and k.shape[2] == head_dim, (
         f"k must be [{num_tokens}, num_kv_heads, {head_dim}], got {tuple(k.shape)}"
@@ -69,15 +86,25 @@ def apply_rotary(
     )
     assert cos_sin_cache.dtype == torch.float32, "cos_sin_cache must be float32"
     assert cos_sin_cache.stride(1) == 1 and positions.is_contiguous()
+    norm = q_norm_weight is not None
+    assert norm == (k_norm_weight is not None), "give both norm weights or neither"
+    if norm:
+        assert rotary_dim == head_dim, "the fused norm needs rotary over the whole head"
+        for name, weight in (("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
+            assert weight.shape == (head_dim,) and weight.dtype == q.dtype, (
+                f"{name} must be [{head_dim}] {q.dtype}, got {tuple(weight.shape)} {weight.dtype}"
+            )
+            assert weight.is_contiguous() and weight.device == q.device
     if num_tokens == 0:
         return q, k
     half = rotary_dim // 2
     _rotary_kernel[(num_tokens,)](
         q, k, positions, cos_sin_cache,
+        q_norm_weight if norm else cos_sin_cache, k_norm_weight if norm else cos_sin_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
-        num_q_heads, k.shape[1],
+        num_q_heads, k.shape[1], eps,
         Q_HEADS_PAD=triton.next_power_of_2(num_q_heads),
         KV_HEADS_PAD=triton.next_power_of_2(k.shape[1]),
-        HALF=half, HALF_PAD=triton.next_power_of_2(half),
+        HALF=half, HALF_PAD=triton.next_power_of_2(half), NORM=norm,
     )  # fmt: skip
     return q, k

@@ -65,10 +65,13 @@ class Attention(nn.Module):
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q = self.q_norm(q.reshape(-1, self.head_dim)).view_as(q)
-            k = self.k_norm(k.reshape(-1, self.head_dim)).view_as(k)
-        q, k = ops.apply_rotary(q, k, positions, cos_sin)
+        if self.q_norm is not None:  # per-head norms fused into the rotary pass
+            q, k = ops.apply_rotary(
+                q, k, positions, cos_sin, self.q_norm.weight, self.k_norm.weight,
+                self.q_norm.eps,
+            )
+        else:
+            q, k = ops.apply_rotary(q, k, positions, cos_sin)
         k_cache, v_cache = kv_cache
         ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         out = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
@@ -120,7 +123,7 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     """The decoder plus LM head. `forward` returns final hidden states; `compute_logits`
-    turns the rows that sample into float32 logits."""
+    turns the rows that sample into logits."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -152,5 +155,6 @@ class LlamaForCausalLM(nn.Module):
         return x
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
-        """[N, H] hidden states -> [N, vocab] float32 logits."""
-        return F.linear(hidden, self.lm_head.weight).float()
+        """[N, H] hidden states -> [N, vocab] logits in the model's dtype (the sampling
+        kernel reads 16-bit logits as they are; the sampler upcasts where it needs to)."""
+        return F.linear(hidden, self.lm_head.weight)

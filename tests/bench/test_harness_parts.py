@@ -162,6 +162,11 @@ def test_profile_lodger_times_the_step_phases(tmp_path):
     assert set(profile["phase_ms_per_step"]) == {"schedule", "launch", "process", "update"}
     assert profile["num_steps"] >= 8 and profile["decode_window"]["steps"] == 3
     assert profile["decode_window"]["num_running"] == 8
+    assert profile["tail_window"]["steps"] >= 1
+    kinds = profile["step_kinds"]
+    assert kinds["with prompt tokens"]["tokens"] >= 16 * 8 - 8  # the prompts (prefix hits aside)
+    num_launched = sum(kind["steps"] for kind in kinds.values())
+    assert num_launched + 3 + profile["tail_window"]["steps"] <= profile["num_steps"]
 
 
 def test_hf_cb_cache_plan_fits_beside_llama3_8b():

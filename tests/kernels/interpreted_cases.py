@@ -98,6 +98,30 @@ def test_apply_rotary_in_place(dtype, rotary_dim):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_qk_norm_fused_into_rotary(dtype):
+    """Qwen3's per-head q/k RMSNorm in the rotary pass, on strided views of qkv, equals the
+    norm then the rotation (and leaves v alone)."""
+    num_tokens, num_q_heads, num_kv_heads, head_dim, max_pos = 5, 4, 2, 32, 100
+    qkv = torch.randn(num_tokens, (num_q_heads + 2 * num_kv_heads) * head_dim).to(dtype) * 3
+    q = qkv[:, : num_q_heads * head_dim].view(num_tokens, num_q_heads, head_dim)
+    k = qkv[:, num_q_heads * head_dim : (num_q_heads + num_kv_heads) * head_dim]
+    k = k.view(num_tokens, num_kv_heads, head_dim)
+    v_before = qkv[:, (num_q_heads + num_kv_heads) * head_dim :].clone()
+    q_weight, k_weight = (torch.randn(head_dim).to(dtype) for _ in range(2))
+    angles = torch.rand(max_pos, head_dim // 2) * 100
+    cos_sin_cache = torch.cat([angles.cos(), angles.sin()], dim=-1)
+    positions = torch.randint(0, max_pos, (num_tokens,))
+    expected_q = reference.rms_norm(q, q_weight, 1e-6)
+    expected_k = reference.rms_norm(k, k_weight, 1e-6)
+    reference.apply_rotary(expected_q, expected_k, positions, cos_sin_cache)
+    apply_rotary(q, k, positions, cos_sin_cache, q_weight, k_weight, 1e-6)
+    tolerance = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(q, expected_q, **tolerance)
+    torch.testing.assert_close(k, expected_k, **tolerance)
+    assert torch.equal(qkv[:, (num_q_heads + num_kv_heads) * head_dim :], v_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul(dtype):
     x = torch.randn(3, 2 * 1100).to(dtype)  # two column chunks of 1024, masked tail
     out = silu_and_mul(x, out=torch.full((3, 1100), float("nan"), dtype=dtype))

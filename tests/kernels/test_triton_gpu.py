@@ -168,6 +168,15 @@ def test_norms_rotary_and_activation():
     torch.testing.assert_close(k, expected_k)
     assert torch.equal(qkv[:, 40 * 128 :], v_before)
 
+    q_weight, k_weight = (torch.randn(128, device=DEVICE).to(BF16) for _ in range(2))
+    expected_q = reference.rms_norm(q, q_weight, 1e-6)
+    expected_k = reference.rms_norm(k, k_weight, 1e-6)
+    reference.apply_rotary(expected_q, expected_k, positions, cos_sin_cache)
+    apply_rotary(q, k, positions, cos_sin_cache, q_weight, k_weight, 1e-6)  # Qwen3's q/k norm
+    torch.testing.assert_close(q, expected_q)
+    torch.testing.assert_close(k, expected_k)
+    assert torch.equal(qkv[:, 40 * 128 :], v_before)
+
 
 @pytest.mark.parametrize("seq_len", [1, 300, 8197])
 def test_decode_attention_single_sequence_many_splits(seq_len):
