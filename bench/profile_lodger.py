@@ -4,8 +4,9 @@
 
 Runs the workload through `EngineCore.step()` with each host phase timed (schedule, model
 launch, output processing, scheduler update; the rest of a step is mostly waiting for the GPU),
-then profiles two windows of decode-only steps with torch.profiler (once every prompt is
-in, at full batch, and in the tail when few requests are left): the share of the window's
+then profiles three windows with torch.profiler (the first steps, which carry prompt
+tokens; decode-only steps once every prompt is in, at full batch; and the tail, when few
+requests are left): the share of the window's
 wall time the GPU was busy, and the kernels that took it. A GPU busy well under 100% means
 the host (Python, launches, synchronisation) limits throughput; near 100%, the kernels do.
 `step_kinds` splits the run's wall time by kind of step (steps with prompt tokens, and
@@ -72,7 +73,9 @@ def summarise_steps(steps: list[tuple[float, int, int]]) -> dict:
         kind: {"steps": len(rows), "s": round(sum(r[0] for r in rows), 3),
                "ms_per_step": round(1000 * sum(r[0] for r in rows) / len(rows), 3),
                "mean_batch": round(sum(r[2] for r in rows) / len(rows), 1),
-               "tokens": sum(r[1] for r in rows)}
+               "tokens": sum(r[1] for r in rows),
+               # the slowest steps: a stall (a kernel compiled mid-run, a GC pause) shows here
+               "slowest_ms": sorted((round(1000 * r[0], 1) for r in rows), reverse=True)[:5]}
         for kind, rows in sorted(kinds.items())
     }
 
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", default="nano")
     parser.add_argument("--option", action="append", default=[])
     parser.add_argument("--window", type=int, default=50, help="decode steps to profile")
+    parser.add_argument("--prefill-window", type=int, default=4,
+                        help="first steps to profile (0: none)")
     parser.add_argument("--tail-batch", type=int, default=32,
                         help="profile the tail window once this few requests are left")
     parser.add_argument("--dtype", default="bfloat16")
@@ -152,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     num_steps, window, tail_window = 0, None, None
     steps: list[tuple[float, int, int]] = []  # outside the profiled windows
     start = time.perf_counter()
+    prefill_window = profile_window(core, args.prefill_window) if args.prefill_window else None
     while core.has_unfinished_requests():
         stats = core.stats()
         if window is None and stats.num_waiting == 0 and stats.num_running >= 8:
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             steps.append((time.perf_counter() - step_start, *scheduled[-1]))
         num_steps += 1
     wall = time.perf_counter() - start
-    num_steps += sum(w["steps"] for w in (window, tail_window) if w)
+    num_steps += sum(w["steps"] for w in (prefill_window, window, tail_window) if w)
     summary = {
         "kind": "profile", **run_context(), "shape": label, "workload": workload.name,
         "wall_s": round(wall, 3), "num_steps": num_steps,
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                               for name, t in totals.items()},
         "rest_ms_per_step": round(1000 * (wall - sum(totals.values())) / max(1, num_steps), 3),
         "step_kinds": summarise_steps(steps),
+        "prefill_window": prefill_window,
         "decode_window": window,
         "tail_window": tail_window,
     }

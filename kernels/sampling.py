@@ -166,6 +166,12 @@ def _sample_kernel(
     tl.store(index_ptr + row * num_splits + split, index.to(tl.int64))
 
 
+# Most splits of a row. _best_split_kernel always reads MAX_SPLITS lanes (masked): one
+# compiled variant for every batch size, where a power of two fitted to num_splits made
+# Triton compile a new one, mid-serving, each time the batch size crossed into a new range.
+MAX_SPLITS = 64
+
+
 @triton.jit
 def _best_split_kernel(value_ptr, index_ptr, out_ptr, num_splits, SPLITS: tl.constexpr):
     """Program per row: the column of its best split (splits hold increasing columns)."""
@@ -189,7 +195,7 @@ def choose_num_splits(num_rows: int, vocab_size: int, config: SamplingConfig, nu
     target = config.target_programs or 4 * num_sms
     wanted = triton.cdiv(target, max(num_rows, 1))
     by_length = max(1, vocab_size // config.min_split_columns)
-    return max(1, min(wanted, by_length, triton.cdiv(vocab_size, config.tile), 64))
+    return max(1, min(wanted, by_length, triton.cdiv(vocab_size, config.tile), MAX_SPLITS))
 
 
 def _check(logits: Tensor, temperature: Tensor, seeds: Tensor, steps: Tensor) -> None:
@@ -240,6 +246,7 @@ def sample(
     num_tiles = triton.cdiv(vocab_size, config.tile)
     tiles_per_split = triton.cdiv(num_tiles, num_splits)
     num_splits = triton.cdiv(num_tiles, tiles_per_split)  # no empty split
+    assert num_splits <= MAX_SPLITS, f"num_splits {num_splits}: at most {MAX_SPLITS}"
     if num_splits == 1:
         values = torch.empty(num_rows, 1, dtype=torch.float32, device=logits.device)
         indices = out[:, None]
@@ -255,7 +262,7 @@ def sample(
     )  # fmt: skip
     if num_splits > 1:
         _best_split_kernel[(num_rows,)](
-            values, indices, out, num_splits, SPLITS=triton.next_power_of_2(num_splits)
+            values, indices, out, num_splits, SPLITS=MAX_SPLITS
         )
     return out
 

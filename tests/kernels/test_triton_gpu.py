@@ -173,8 +173,10 @@ def test_norms_rotary_and_activation():
     expected_k = reference.rms_norm(k, k_weight, 1e-6)
     reference.apply_rotary(expected_q, expected_k, positions, cos_sin_cache)
     apply_rotary(q, k, positions, cos_sin_cache, q_weight, k_weight, 1e-6)  # Qwen3's q/k norm
-    torch.testing.assert_close(q, expected_q)
-    torch.testing.assert_close(k, expected_k)
+    # a normed value one bf16 ulp apart (rsqrt and sum order differ from torch's) can
+    # cancel in the rotation: a few near-zero outputs differ by more than bf16's rtol
+    torch.testing.assert_close(q, expected_q, atol=1e-2, rtol=1.6e-2)
+    torch.testing.assert_close(k, expected_k, atol=1e-2, rtol=1.6e-2)
     assert torch.equal(qkv[:, 40 * 128 :], v_before)
 
 
