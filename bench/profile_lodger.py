@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     prefill_window = profile_window(core, args.prefill_window) if args.prefill_window else None
     while core.has_unfinished_requests():
         stats = core.stats()
-        if window is None and stats.num_waiting == 0 and stats.num_running >= 8:
+        if window is None and stats.num_waiting == 0 and stats.num_running >= 1:
             window = profile_window(core, args.window)  # decode-only: every prompt is in
             window["num_running"] = stats.num_running
             continue

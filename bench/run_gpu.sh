@@ -11,7 +11,8 @@
 #                   hf-static, hf-cb
 #   qwen3-serving   lodger serve on qwen3-0.6b, fixed-1024-128-200 at 4, 16, 64 and inf req/s
 #                   (needs the wheels: carry .whl made by `bash ../shared/device/wheels.sh`)
-#   llama8b-batch1  batch1 on llama3-8b: lodger, hf-static, hf-cb
+#   llama8b-batch1  batch1 on llama3-8b: lodger, hf-static, hf-cb; then the step profile
+#                   of lodger on it
 #
 # The llama3-8b workloads are two groups, not one: hf-static compiles its decode step once
 # per batch shape, so a process that ran fixed-256-256-1024 (batch 256) compiles again for
@@ -56,7 +57,9 @@ run_group() {
         "${common[@]}" --timeout 330 --budget 540 || rc=1 ;;
     llama8b-batch1)
       python3 -m bench.throughput --shape llama3-8b --workloads batch1 "${common[@]}" \
-        --timeout 170 --budget 540 || rc=1 ;;
+        --timeout 170 --budget 480 || rc=1
+      python3 -m bench.profile_lodger --shape llama3-8b --workload batch1 \
+        --checkpoints "$checkpoints" --out "$out/profile-llama8b-batch1.json" || rc=1 ;;
   esac
   echo "group $group done in ${SECONDS}s, exit $rc"
   return $rc
