@@ -6,6 +6,10 @@ Only the parts between this harness's markers (`<!-- bench:NAME:begin -->` ... `
 are rewritten, so other sections of the document and the prose around the tables stay;
 a missing part is appended at the end. For each (card, shape) the latest run is shown.
 `tiny` smoke runs are left out.
+
+Records of kind "ab" (lodger alone, several commits one after the other in one device
+call, so their figures compare: bench/run_gpu_ab.sh; `ab_call` names the call) get a
+table of their own, and count toward the goals beside the full runs (newest first).
 """
 
 from __future__ import annotations
@@ -90,22 +94,46 @@ def offline_table(run: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def goals_table(runs: list[list[dict]]) -> str:
-    lines = ["| goal | target | lodger | status | card |", "| --- | --- | --- | --- | --- |"]
+def goals_table(runs: list[list[dict]], ab: list[dict] = ()) -> str:
+    """Each goal against lodger's newest record of it, in a full run or an A/B call."""
+    lines = ["| goal | target | lodger | status | card | commit, date |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for workload, shape, measure, target in GOALS:
-        found = [r for run in runs for r in run if r["engine"] == "lodger"
-                 and r["workload"] == workload and r["shape"] == shape and "error" not in r]
+        found = sorted(
+            (r for r in [*(r for run in runs for r in run), *ab] if r["engine"] == "lodger"
+             and r["workload"] == workload and r["shape"] == shape and "error" not in r),
+            key=lambda r: r["date"])
         label = f"{workload} on {shape}"
         unit = "req/s" if measure == "req_per_s" else "tok/s"
         if not found:
-            lines.append(f"| {label} | {target:,.0f} {unit} | not measured yet | | |")
+            lines.append(f"| {label} | {target:,.0f} {unit} | not measured yet | | | |")
             continue
         r = found[-1]
         value = (1000.0 / r["ms_per_token"]) if measure == "tok_per_s_batch1" else r[measure]
         status = "met" if value >= target else f"{value / target:.0%} of it"
         lines.append(f"| {label} | {target:,.0f} {unit} | {_num(value)} {unit} | {status} | "
-                     f"{r['card']} |")
+                     f"{r['card']} | `{r['commit']}`, {r['date'][:10]} |")
     return "\n".join(lines) + "\n"
+
+
+def ab_table(records: list[dict]) -> str:
+    """The A/B calls, one table each, runs in the order they ran."""
+    calls: dict[str, list[dict]] = {}
+    for r in sorted(records, key=lambda r: r["date"]):
+        calls.setdefault(str(r["ab_call"]), []).append(r)
+    parts = []
+    for call, rows in calls.items():
+        first = rows[0]
+        lines = [f"#### A/B call {call}: {first['card']}, {first['date'][:10]}, "
+                 f"{first['shape']}\n",
+                 "| # | commit | workload | output tok/s | ms/token | elapsed s |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        for i, r in enumerate(rows, 1):
+            ms = _num(r["ms_per_token"], 2) if "ms_per_token" in r else ""
+            lines.append(f"| {i} | `{r['commit']}` | {r['workload']} | "
+                         f"{_num(r['output_tok_per_s'])} | {ms} | {_num(r['elapsed_s'], 2)} |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def _dist(d: dict) -> str:
@@ -165,7 +193,10 @@ def render(records: list[dict], doc_text: str, plot_path: Path, doc_path: Path) 
                     "\n".join(offline_table(run) for run in offline)
                     + f"\n![throughput and latency]({Path(rel_plot).as_posix()})\n")
     text = update_section(doc_text, "offline", offline_body, "## Offline throughput")
-    text = update_section(text, "goals", goals_table(offline), "### Goals")
+    ab = [r for r in records if r.get("kind") == "ab" and "error" not in r]
+    text = update_section(text, "goals", goals_table(offline, ab), "### Goals")
+    if ab:
+        text = update_section(text, "ab", ab_table(ab), "### A/B runs (lodger alone)")
     serving_body = ("No run recorded yet.\n" if not serving else
                     "\n".join(serving_table(run) for run in serving))
     text = update_section(text, "serving", serving_body, "## Online serving")

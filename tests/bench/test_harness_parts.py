@@ -152,6 +152,26 @@ def test_render_shows_latest_run_ratios_goals_and_plot(tmp_path):
     json.dumps(text)  # plain text
 
 
+def test_render_ab_calls_and_goals_from_the_newest_lodger_record(tmp_path):
+    full = [_record(kind="offline", engine="lodger", workload="nano", output_tok_per_s=12000.0,
+                    req_per_s=23.0, elapsed_s=11.0, vs={"hf-static": 10.0},
+                    date="2026-01-01T00:00:00Z"),
+            _record(kind="offline", engine="hf-static", workload="nano",
+                    output_tok_per_s=1200.0, req_per_s=2.3, elapsed_s=110.0,
+                    date="2026-01-01T00:00:00Z")]
+    ab = [_record(kind="ab", ab_call=3, engine="lodger", workload="nano", commit=commit,
+                  output_tok_per_s=value, req_per_s=1.0, elapsed_s=133966 / value, date=date)
+          for commit, value, date in (("aaa", 13000.0, "2026-01-02T00:00:00Z"),
+                                      ("bbb", 18000.0, "2026-01-02T00:01:00Z"))]
+    doc = tmp_path / "benchmarks.md"
+    text = render([*full, *ab], "# Benchmarks\n", tmp_path / "plot.png", doc)
+    assert "| nano | lodger | 12,000.0 |" in text and "| nano | hf-static | 1,200.0 |" in text
+    assert "#### A/B call 3: Card X, 2026-01-02, qwen3-0.6b" in text
+    assert "| 1 | `aaa` | nano | 13,000.0 |  |" in text and "| 2 | `bbb` | nano | 18,000.0" in text
+    assert "| nano on qwen3-0.6b | 20,000 tok/s | 18,000.0 tok/s | 90% of it | Card X | `bbb`" \
+        in text
+
+
 def test_profile_lodger_times_the_step_phases(tmp_path):
     from bench.profile_lodger import main
 
