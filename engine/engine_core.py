@@ -32,8 +32,6 @@ class _InFlight:
 
     scheduled: SchedulerOutput
     pending: PendingStep
-    # some sampled request has a penalty, which needs its exact output ids on the host
-    needs_tokens: bool
 
 
 class EngineCore:
@@ -180,7 +178,9 @@ class EngineCore:
         schedules nothing resolves what is in flight and hands out what is left.
         """
         in_flight = self._in_flight
-        if in_flight is not None and (not self.config.async_scheduling or in_flight.needs_tokens):
+        if in_flight is not None and (
+            not self.config.async_scheduling or in_flight.pending.has_penalties
+        ):
             self._resolve(in_flight)
             in_flight = None
         scheduled = self.scheduler.schedule()
@@ -193,8 +193,7 @@ class EngineCore:
         if in_flight is not None:
             self._resolve(in_flight)
         outputs = self._process_unprocessed()
-        needs_tokens = any(r.sampling_params.has_penalties for r in pending.requests)
-        self._in_flight = _InFlight(scheduled, pending, needs_tokens)
+        self._in_flight = _InFlight(scheduled, pending)
         return outputs
 
     def _resolve(self, in_flight: _InFlight) -> None:

@@ -52,6 +52,8 @@ class PendingStep:
     copied: object = None  # CUDA: the event recorded after that copy
     # pinned host sources of the sampling metadata's non-blocking copies, kept until result()
     host_buffers: list | None = None
+    # some sampled row has a penalty: the next step's penalties need this step's exact ids
+    has_penalties: bool = False
 
     def sampled_rows(self) -> dict[str, int]:
         """Request id -> its row in `sampled.token_ids`."""
@@ -219,7 +221,8 @@ class ModelRunner:
             sampled = self.sampler(logits, meta)
             host_values, copied = self._copy_to_host(_pack(sampled))
         return PendingStep(
-            num_reqs, sample_rows, requests, sampled, host_values, copied, meta.host_buffers
+            num_reqs, sample_rows, requests, sampled, host_values, copied, meta.host_buffers,
+            has_penalties=meta.presence_penalties is not None,
         )
 
     def _forward(self, inputs: StepInputs) -> Tensor:

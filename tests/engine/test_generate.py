@@ -254,6 +254,22 @@ def test_chat_applies_the_template(llama_dir):
     assert len(out.outputs[0].token_ids) == 8
 
 
+def count_deferred_inputs(llm: LLM, monkeypatch) -> list[int]:
+    """The list each step then appends its number of input ids taken on the device from
+    the previous step's sampled ids."""
+    builder = llm.engine.runner.inputs
+    prepare = builder.prepare
+    num_deferred: list[int] = []
+
+    def spy(*args):
+        inputs = prepare(*args)
+        num_deferred.append(inputs.num_deferred)
+        return inputs
+
+    monkeypatch.setattr(builder, "prepare", spy)
+    return num_deferred
+
+
 def test_async_and_sync_scheduling_agree(llama_dir, monkeypatch):
     """Async scheduling (each step launched before the previous one's tokens reach the
     host) gives exactly the tokens, logprobs and finish reasons of synchronous scheduling,
@@ -269,16 +285,7 @@ def test_async_and_sync_scheduling_agree(llama_dir, monkeypatch):
     results = {}
     for async_scheduling in (False, True):
         llm = make_llm(llama_dir, async_scheduling=async_scheduling, max_num_batched_tokens=24)
-        builder = llm.engine.runner.inputs
-        prepare = builder.prepare
-        num_deferred = []
-
-        def spy(*args, prepare=prepare, num_deferred=num_deferred):
-            inputs = prepare(*args)
-            num_deferred.append(inputs.num_deferred)
-            return inputs
-
-        monkeypatch.setattr(builder, "prepare", spy)
+        num_deferred = count_deferred_inputs(llm, monkeypatch)
         outputs = llm.generate(PROMPTS + PROMPTS[:2], params + params[:1], use_tqdm=False)
         results[async_scheduling] = [
             [(c.token_ids, c.text, c.finish_reason, c.logprobs) for c in out.outputs]
@@ -288,3 +295,14 @@ def test_async_and_sync_scheduling_agree(llama_dir, monkeypatch):
         stats = llm.engine.stats()
         assert stats.num_free_blocks == stats.num_blocks
     assert results[True] == results[False]
+
+
+def test_penalised_requests_wait_for_their_previous_token(llama_dir, monkeypatch):
+    """A penalty needs the request's exact output ids, so under async scheduling a step is
+    never launched past a penalised request's pending token: no input id comes from the
+    step still running."""
+    llm = make_llm(llama_dir)
+    num_deferred = count_deferred_inputs(llm, monkeypatch)
+    params = SamplingParams(temperature=0.0, max_tokens=12, repetition_penalty=1.5)
+    llm.generate(PROMPTS[:2], params, use_tqdm=False)
+    assert len(num_deferred) >= 12 and not any(num_deferred)
