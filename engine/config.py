@@ -39,6 +39,9 @@ class EngineConfig:
     # so the host's work between steps overlaps the device's (see EngineCore.step). Steps
     # with a repetition/presence/frequency penalty in flight wait for it regardless.
     async_scheduling: bool = True
+    # CUDA: at start-up, time cuBLAS against lodger's Triton matmul for each weight shape
+    # at each decode batch size up to 64 and use the faster (lodger.kernels.linear_tuning).
+    tune_matmuls: bool = True
     # Seed of the engine's own random state (unseeded sampling).
     seed: int = 0
 

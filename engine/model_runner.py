@@ -105,6 +105,8 @@ class ModelRunner:
             )
         torch.manual_seed(config.seed)  # unseeded sampling draws from torch's default RNG
         self.model = load_model(config.model, model_config, self.device, dtype, self.max_model_len)
+        if config.tune_matmuls and ops.use_triton(self.model.lm_head.weight):
+            self._tune_matmuls()
         self.sampler = Sampler()
         # request id -> seed of its random stream (SamplingMetadata.from_requests draws one
         # for an unseeded request when it first samples); dropped when the request finishes
@@ -117,6 +119,17 @@ class ModelRunner:
         self.kv_cache: Tensor | None = None
         self.kv_caches: list[tuple[Tensor, Tensor]] = []
         self.graphs = None  # CudaGraphs once captured (CUDA, not enforce_eager)
+
+    def _tune_matmuls(self) -> None:
+        """Pick cuBLAS or the Triton matmul per weight shape at the decode batch sizes the
+        CUDA graphs will run (powers of two, as their buckets; up to max_num_seqs)."""
+        from lodger.engine.cuda_graphs import batch_buckets
+        from lodger.kernels import linear_tuning
+
+        sizes = [b for b in batch_buckets(self.config.max_num_seqs)
+                 if b <= linear_tuning.MAX_TUNED_ROWS]
+        with torch.inference_mode():
+            linear_tuning.tune_model_linears(self.model, sizes)
 
     # ---- KV cache ------------------------------------------------------------------------
 

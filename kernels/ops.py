@@ -7,6 +7,7 @@ engine runs) where triton is missing.
 
 import os
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from lodger.kernels import reference
@@ -16,6 +17,7 @@ __all__ = [
     "AttentionMetadata",
     "apply_rotary",
     "fused_add_rms_norm",
+    "linear",
     "paged_attention",
     "rms_norm",
     "silu_and_mul",
@@ -58,6 +60,16 @@ def paged_attention(
     return prefill_attention.prefill_attention(q, k_cache, v_cache, meta, scale)
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x [M, K] @ weight [N, K].T (+ bias): on CUDA cuBLAS or lodger's skinny matmul,
+    whichever start-up tuning found faster for this shape and batch size."""
+    if use_triton(x):
+        from lodger.kernels import linear_tuning
+
+        return linear_tuning.linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """HF Llama RMSNorm of x [T, H] -> a new tensor."""
     if use_triton(x):
@@ -81,19 +93,23 @@ def fused_add_rms_norm(
 def apply_rotary(
     q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor,
     q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None,
-    eps: float = 0.0,
+    eps: float = 0.0, kv_cache: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Rotate-half rotary embedding of q [T, Hq, D] and k [T, Hkv, D] in place; returns them.
-    With q_norm_weight / k_norm_weight [D] each head is RMS-normalised first (Qwen3)."""
+    With q_norm_weight / k_norm_weight [D] each head is RMS-normalised first (Qwen3). With
+    kv_cache = (v, k_cache, v_cache, slot_mapping) the rotated k and v are then stored as
+    write_kv_cache does (one launch on CUDA)."""
     if use_triton(q):
         from lodger.kernels import rotary
 
         return rotary.apply_rotary(
-            q, k, positions, cos_sin_cache, q_norm_weight, k_norm_weight, eps
+            q, k, positions, cos_sin_cache, q_norm_weight, k_norm_weight, eps, kv_cache
         )
-    return reference.apply_rotary(
-        q, k, positions, cos_sin_cache, q_norm_weight, k_norm_weight, eps
-    )
+    reference.apply_rotary(q, k, positions, cos_sin_cache, q_norm_weight, k_norm_weight, eps)
+    if kv_cache is not None:
+        v, k_cache, v_cache, slot_mapping = kv_cache
+        reference.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    return q, k
 
 
 def silu_and_mul(x: Tensor) -> Tensor:

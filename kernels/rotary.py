@@ -13,6 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lodger.kernels.kv_cache_write import check_kv_cache_args, store_token_kv
+
 
 @triton.jit
 def _rotate_heads(
@@ -44,10 +46,15 @@ def _rotary_kernel(
     q_ptr, k_ptr, positions_ptr, cache_ptr, q_weight_ptr, k_weight_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_cache,
     num_q_heads, num_kv_heads, eps,
+    v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_vt, stride_vh,
+    stride_cache_block, stride_cache_slot, stride_cache_head,
     Q_HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, NORM: tl.constexpr,
+    WRITE_KV: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, DIM_PAD: tl.constexpr,
 ):  # fmt: skip
-    """One program per token: cos/sin of its position, then all q heads and all k heads."""
+    """One program per token: cos/sin of its position, then all q heads and all k heads;
+    with WRITE_KV the rotated k and the v rows then go to the token's cache slot."""
     token = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token)
     dims = tl.arange(0, HALF_PAD)[None, :]
@@ -61,15 +68,27 @@ def _rotary_kernel(
         k_ptr + token * stride_kt, stride_kh, num_kv_heads, cos, sin, k_weight_ptr, eps,
         KV_HEADS_PAD, HALF, HALF_PAD, NORM,
     )
+    if WRITE_KV:
+        slot = tl.load(slot_ptr + token)
+        if slot >= 0:  # -1: padding token of a CUDA-graph batch
+            tl.debug_barrier()  # the rotated k rows above are stored by other threads
+            store_token_kv(
+                k_ptr + token * stride_kt, v_ptr + token * stride_vt, k_cache_ptr,
+                v_cache_ptr, slot, stride_kh, stride_vh, stride_cache_block,
+                stride_cache_slot, stride_cache_head, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE,
+                KV_HEADS_PAD, DIM_PAD,
+            )  # fmt: skip
 
 
 def apply_rotary(
     q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor,
     q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None,
-    eps: float = 0.0,
+    eps: float = 0.0, kv_cache: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Rotate q [T, Hq, D] and k [T, Hkv, D] (rows may be strided views) in place; with
-    q_norm_weight and k_norm_weight [D], RMS-normalise each head (eps) first."""
+    q_norm_weight and k_norm_weight [D], RMS-normalise each head (eps) first. With
+    kv_cache = (v, k_cache, v_cache, slot_mapping), also store each token's rotated k and
+    its v at its slot (-1 skips), as write_kv_cache would, in the same launch."""
     num_tokens, num_q_heads, head_dim = q.shape
     assert k.dim() == 3 and k.shape[0] == num_tokens and k.shape[2] == head_dim, (
         f"k must be [{num_tokens}, num_kv_heads, {head_dim}], got {tuple(k.shape)}"
@@ -95,16 +114,27 @@ def apply_rotary(
                 f"{name} must be [{head_dim}] {q.dtype}, got {tuple(weight.shape)} {weight.dtype}"
             )
             assert weight.is_contiguous() and weight.device == q.device
+    write_kv = kv_cache is not None
+    if write_kv:
+        v, k_cache, v_cache, slot_mapping = kv_cache
+        check_kv_cache_args(k, v, k_cache, v_cache, slot_mapping)
+    else:  # unused by the kernel: any tensors of the right kinds
+        v, k_cache, v_cache, slot_mapping = k, k, k, positions
     if num_tokens == 0:
         return q, k
     half = rotary_dim // 2
+    block_size = k_cache.shape[1] if write_kv else 1
     _rotary_kernel[(num_tokens,)](
         q, k, positions, cos_sin_cache,
         q_norm_weight if norm else cos_sin_cache, k_norm_weight if norm else cos_sin_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
         num_q_heads, k.shape[1], eps,
+        v, k_cache, v_cache, slot_mapping, v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         Q_HEADS_PAD=triton.next_power_of_2(num_q_heads),
         KV_HEADS_PAD=triton.next_power_of_2(k.shape[1]),
         HALF=half, HALF_PAD=triton.next_power_of_2(half), NORM=norm,
+        WRITE_KV=write_kv, NUM_KV_HEADS=k.shape[1], HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, DIM_PAD=triton.next_power_of_2(head_dim),
     )  # fmt: skip
     return q, k

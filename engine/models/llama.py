@@ -11,7 +11,6 @@ cos/sin table.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lodger.engine.model_config import ModelConfig
@@ -38,6 +37,13 @@ class RMSNorm(nn.Module):
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose matmul goes through lodger.kernels.ops (tuned per shape on CUDA)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -47,8 +53,8 @@ class Attention(nn.Module):
         self.q_size, self.kv_size = config.q_size, config.kv_size
         self.scale = self.head_dim**-0.5
         qkv_rows = self.q_size + 2 * self.kv_size
-        self.qkv_proj = nn.Linear(config.hidden_size, qkv_rows, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        self.qkv_proj = Linear(config.hidden_size, qkv_rows, bias=config.qkv_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -65,15 +71,15 @@ class Attention(nn.Module):
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        k_cache, v_cache = kv_cache
+        cache_write = (v, k_cache, v_cache, meta.slot_mapping)  # stored by the rotary pass
         if self.q_norm is not None:  # per-head norms fused into the rotary pass
             q, k = ops.apply_rotary(
                 q, k, positions, cos_sin, self.q_norm.weight, self.k_norm.weight,
-                self.q_norm.eps,
+                self.q_norm.eps, kv_cache=cache_write,
             )
         else:
-            q, k = ops.apply_rotary(q, k, positions, cos_sin)
-        k_cache, v_cache = kv_cache
-        ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+            q, k = ops.apply_rotary(q, k, positions, cos_sin, kv_cache=cache_write)
         out = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
@@ -82,8 +88,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         inter = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * inter, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(inter, config.hidden_size, bias=config.mlp_bias)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * inter, bias=config.mlp_bias)
+        self.down_proj = Linear(inter, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
@@ -129,7 +135,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         # float32 [max_positions, head_dim]; a plain attribute so dtype casts never touch it
         self.cos_sin_cache: Tensor | None = None
 
@@ -157,4 +163,4 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """[N, H] hidden states -> [N, vocab] logits in the model's dtype (the sampling
         kernel reads 16-bit logits as they are; the sampler upcasts where it needs to)."""
-        return F.linear(hidden, self.lm_head.weight)
+        return self.lm_head(hidden)

@@ -21,6 +21,7 @@ from lodger.kernels import reference
 from lodger.kernels.activation import silu_and_mul
 from lodger.kernels.decode_attention import DecodeConfig, choose_num_splits, decode_attention
 from lodger.kernels.kv_cache_write import write_kv_cache
+from lodger.kernels.linear import LinearConfig, linear
 from lodger.kernels.prefill_attention import PrefillConfig, prefill_attention
 from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
 from lodger.kernels.rotary import apply_rotary
@@ -119,6 +120,74 @@ def test_qk_norm_fused_into_rotary(dtype):
     torch.testing.assert_close(q, expected_q, **tolerance)
     torch.testing.assert_close(k, expected_k, **tolerance)
     assert torch.equal(qkv[:, (num_q_heads + num_kv_heads) * head_dim :], v_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rotary_dim,norm", [(64, False), (32, False), (64, True)])
+def test_rotary_stores_kv_in_the_same_pass(dtype, rotary_dim, norm):
+    """apply_rotary with kv_cache: q and k rotated in place (norm first when given), then
+    the rotated k and the v rows at their slots; -1 slots are skipped, every other cache
+    element is left as it was."""
+    num_tokens, num_q_heads, num_kv_heads, head_dim, max_pos = 9, 4, 2, 64, 200
+    num_blocks, block_size = 4, 16
+    qkv = torch.randn(num_tokens, (num_q_heads + 2 * num_kv_heads) * head_dim).to(dtype) * 2
+    q = qkv[:, : num_q_heads * head_dim].view(num_tokens, num_q_heads, head_dim)
+    k = qkv[:, num_q_heads * head_dim : (num_q_heads + num_kv_heads) * head_dim]
+    k = k.view(num_tokens, num_kv_heads, head_dim)
+    v = qkv[:, (num_q_heads + num_kv_heads) * head_dim :].view(num_tokens, num_kv_heads, head_dim)
+    weights = [torch.randn(head_dim).to(dtype) for _ in range(2)] if norm else [None, None]
+    angles = torch.rand(max_pos, rotary_dim // 2) * 100
+    cos_sin_cache = torch.cat([angles.cos(), angles.sin()], dim=-1)
+    positions = torch.randint(0, max_pos, (num_tokens,))
+    cache_shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache, v_cache = torch.randn(cache_shape).to(dtype), torch.randn(cache_shape).to(dtype)
+    others = torch.randperm(num_blocks * block_size - 2)[: num_tokens - 2]
+    slots = torch.cat([torch.tensor([15, 16]), others + 2 * (others >= 15)])
+    slots[[3, 6]] = -1
+    expected_q, expected_k = q.clone(), k.clone()
+    expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
+    if norm:
+        expected_q = reference.rms_norm(expected_q, weights[0], 1e-6)
+        expected_k = reference.rms_norm(expected_k, weights[1], 1e-6)
+    reference.apply_rotary(expected_q, expected_k, positions, cos_sin_cache)
+    reference.write_kv_cache(expected_k, v, expected_k_cache, expected_v_cache, slots)
+    apply_rotary(
+        q, k, positions, cos_sin_cache, *weights, 1e-6, kv_cache=(v, k_cache, v_cache, slots)
+    )
+    tolerance = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(q, expected_q, **tolerance)
+    torch.testing.assert_close(k, expected_k, **tolerance)
+    torch.testing.assert_close(k_cache, expected_k_cache, **tolerance)
+    assert torch.equal(v_cache, expected_v_cache)
+    written = slots[slots >= 0]
+    assert torch.equal(k_cache.view(-1, num_kv_heads, head_dim)[written], k[slots >= 0])
+
+
+LINEAR_CONFIGS = [
+    LinearConfig(kind="gemv", block_n=4, block_k=64, num_stages=2),
+    LinearConfig(kind="gemv", block_n=16, block_k=32),
+    LinearConfig(block_m=16, block_n=32, block_k=32),
+    LinearConfig(block_m=32, block_n=16, block_k=64, split_k=3, num_stages=3),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", LINEAR_CONFIGS, ids=str)
+@pytest.mark.parametrize("num_rows,num_cols,depth", [(1, 40, 128), (3, 33, 200), (37, 64, 96)])
+def test_linear(dtype, config, num_rows, num_cols, depth):
+    """x @ w.T (+ bias) for odd sizes (masked rows, columns and K tail), into a poisoned out."""
+    x = torch.randn(num_rows, depth + 8).to(dtype)[:, :depth]  # strided rows
+    weight = (torch.randn(num_cols, depth) / depth**0.5).to(dtype)
+    bias = torch.randn(num_cols).to(dtype)
+    tolerance = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0, "atol": 4e-3}
+    for b in (None, bias):
+        out = torch.full((num_rows, num_cols), float("nan"), dtype=dtype)
+        result = linear(x, weight, b, config, out=out)
+        assert result is out
+        expected = torch.nn.functional.linear(
+            x.float(), weight.float(), None if b is None else b.float()
+        )
+        torch.testing.assert_close(out.float(), expected, **tolerance)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

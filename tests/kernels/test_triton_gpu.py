@@ -190,3 +190,69 @@ def test_decode_attention_single_sequence_many_splits(seq_len):
     meta.max_seq_len = 8197
     out = decode_attention(q, k_cache, v_cache, meta, 0.088, out=nan_like(q))
     check(out, q, k_cache, v_cache, meta, 0.088)
+
+
+def test_rotary_stores_kv_in_the_same_pass():
+    """The rotary pass with kv_cache equals rotary then write_kv_cache, -1 slots skipped."""
+    from lodger.kernels.rotary import apply_rotary
+
+    num_tokens, num_blocks, block_size = 1000, 100, 16
+    qkv = torch.randn(num_tokens, 48 * 128, device=DEVICE).to(BF16)
+    q = qkv[:, : 32 * 128].view(num_tokens, 32, 128)
+    k = qkv[:, 32 * 128 : 40 * 128].view(num_tokens, 8, 128)
+    v = qkv[:, 40 * 128 :].view(num_tokens, 8, 128)
+    angles = torch.rand(8192, 64, device=DEVICE) * 1000
+    cos_sin_cache = torch.cat([angles.cos(), angles.sin()], dim=-1)
+    positions = torch.randint(0, 8192, (num_tokens,), device=DEVICE)
+    k_cache = torch.randn(num_blocks, block_size, 8, 128, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    slots = torch.randperm(num_blocks * block_size, device=DEVICE)[:num_tokens]
+    slots[::5] = -1
+    expected_q, expected_k = reference.apply_rotary(q.clone(), k.clone(), positions, cos_sin_cache)
+    expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
+    reference.write_kv_cache(expected_k, v, expected_k_cache, expected_v_cache, slots)
+    apply_rotary(q, k, positions, cos_sin_cache, kv_cache=(v, k_cache, v_cache, slots))
+    torch.testing.assert_close(q, expected_q)
+    torch.testing.assert_close(k, expected_k)
+    torch.testing.assert_close(k_cache, expected_k_cache)
+    assert torch.equal(v_cache, expected_v_cache)
+    kept = slots >= 0
+    assert torch.equal(k_cache.view(-1, 8, 128)[slots[kept]], k[kept])
+
+
+@pytest.mark.parametrize("num_rows", [1, 2, 5, 64, 300])
+def test_linear_configs_and_tuned_dispatch(num_rows):
+    """Every candidate launch configuration at Llama-3-8B's o projection and an odd shape
+    with a bias against F.linear in bf16; then tuning records a choice and ops.linear
+    dispatches by it (cuBLAS above MAX_TUNED_ROWS)."""
+    import torch.nn.functional as F
+
+    from lodger.kernels import linear_tuning
+    from lodger.kernels.linear import linear
+
+    for num_cols, depth, with_bias in ((4096, 4096, False), (1000, 1100, True)):
+        x = torch.randn(num_rows, depth, device=DEVICE).to(BF16)
+        weight = (torch.randn(num_cols, depth, device=DEVICE) / depth**0.5).to(BF16)
+        bias = torch.randn(num_cols, device=DEVICE).to(BF16) if with_bias else None
+        expected = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+        for config in linear_tuning.candidates(num_rows, num_cols, depth):
+            out = linear(
+                x, weight, bias, config, out=torch.full_like(expected, float("nan")).to(BF16)
+            )
+            assert not out.isnan().any(), f"{config} left elements unwritten"
+            error = relative_error(out.float(), expected)
+            assert error < BF16_TOLERANCE, f"{config}: relative error {error:.2e}"
+    linear_tuning.clear()
+    try:
+        weights = [(torch.randn(1024, 2048, device=DEVICE) / 45).to(BF16) for _ in range(4)]
+        results = linear_tuning.tune_weights(weights, [num_rows])
+        assert len(results) == 1 and results[0].batch_size == num_rows
+        chosen = results[0].config
+        if num_rows > linear_tuning.MAX_TUNED_ROWS:
+            assert chosen is None
+        assert results[0].best_us <= results[0].cublas_us
+        x = torch.randn(num_rows, 2048, device=DEVICE).to(BF16)
+        out = ops.linear(x, weights[0])
+        assert relative_error(out.float(), F.linear(x, weights[0]).float()) < BF16_TOLERANCE
+    finally:
+        linear_tuning.clear()

@@ -1,0 +1,202 @@
+"""Triton matmul for skinny batches: out = x @ weight.T (+ bias), x [M, K], weight [N, K].
+
+Decode steps multiply a few to a few hundred rows by each weight matrix. At that size the
+matmul only has to read the weight once, and cuBLAS's tile choice for some shapes leaves
+the card half idle (few output tiles on 132 SMs, or a split-K reduce). This kernel covers
+those shapes with a launch configuration picked per shape by timing on the card itself
+(lodger.kernels.linear_tuning); anything not tuned stays with cuBLAS (F.linear).
+
+Two kernels:
+- `_matmul_kernel`: tiles of BLOCK_M rows x BLOCK_N columns with `tl.dot`, consecutive
+  programs taking the M tiles of one N tile (so a weight tile is read from memory once and
+  from L2 by the others); with SPLIT_K > 1 each program covers a slice of K and writes a
+  float32 partial that `_split_k_sum_kernel` adds up (plus bias) into the output.
+- `_gemv_kernel`: one row of x per program column, no tensor cores: elementwise products
+  summed in float32, for M of one or two rows.
+
+Accumulation is in float32; the output is rounded to x's dtype once, as cuBLAS does.
+Torch reference: F.linear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """One launch configuration. kind "dot" uses `_matmul_kernel` (block_m rows per tile,
+    split_k slices of K); kind "gemv" uses `_gemv_kernel` (block_m and split_k unused)."""
+
+    kind: str = "dot"
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+
+    def __post_init__(self) -> None:
+        assert self.kind in ("dot", "gemv"), f"kind must be 'dot' or 'gemv', got {self.kind!r}"
+        for name in ("block_m", "block_n", "block_k"):
+            value = getattr(self, name)
+            assert value >= 1 and value & (value - 1) == 0, f"{name} must be a power of two"
+        assert self.kind == "gemv" or self.block_m >= 16, "tl.dot needs block_m >= 16"
+        assert self.split_k >= 1 and self.num_warps >= 1 and self.num_stages >= 1
+
+
+@triton.jit
+def _matmul_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_om, stride_split,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Program (tile, split): out tile = x[m tile, K slice] @ w[n tile, K slice].T.
+    With SPLIT_K > 1, out_ptr is a float32 [SPLIT_K, M, N] workspace."""
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    num_m_tiles = tl.cdiv(M, BLOCK_M)
+    rows = (tile % num_m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (tile // num_m_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    depth = tl.arange(0, BLOCK_K)
+    k_start = split * k_per_split
+    k_end = tl.minimum(K, k_start + k_per_split)
+    row_mask = rows[:, None] < M
+    col_mask = cols[None, :] < N
+    x_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_xm + (k_start + depth)[None, :]
+    w_ptrs = w_ptr + cols[None, :].to(tl.int64) * stride_wn + (k_start + depth)[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(k_start, k_end, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=row_mask, other=0.0)
+            w = tl.load(w_ptrs, mask=col_mask, other=0.0)
+        else:
+            in_k = (k + depth) < k_end
+            x = tl.load(x_ptrs, mask=row_mask & in_k[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=col_mask & in_k[:, None], other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    out_mask = row_mask & col_mask
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        out = out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        out = out_ptr + split * stride_split + rows[:, None].to(tl.int64) * N + cols[None, :]
+        tl.store(out, acc, mask=out_mask)
+
+
+@triton.jit
+def _split_k_sum_kernel(
+    partial_ptr, bias_ptr, out_ptr, M, N, stride_split, stride_om,
+    SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+):  # fmt: skip
+    """Program (row, chunk): out[row, chunk] = sum of the SPLIT_K partials (+ bias)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):
+        acc += tl.load(partial_ptr + split * stride_split + row * N + cols, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_xm, stride_wn, stride_om,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):  # fmt: skip
+    """Program (n tile, row): out[row, n tile] = sum over K of w[n tile, k] * x[row, k]."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row = tl.program_id(1).to(tl.int64)
+    depth = tl.arange(0, BLOCK_K)
+    col_mask = cols[:, None] < N
+    x_ptrs = x_ptr + row * stride_xm + depth
+    w_ptrs = w_ptr + cols[:, None].to(tl.int64) * stride_wn + depth[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptrs, mask=col_mask, other=0.0)
+        else:
+            in_k = (k + depth) < K
+            x = tl.load(x_ptrs, mask=in_k, other=0.0)
+            w = tl.load(w_ptrs, mask=col_mask & in_k[None, :], other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    total = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=cols < N)
+
+
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    assert x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1], (
+        f"x must be [M, {weight.shape[1]}] for weight {tuple(weight.shape)}, got {tuple(x.shape)}"
+    )
+    assert x.dtype == weight.dtype, f"x is {x.dtype}, weight is {weight.dtype}"
+    assert x.stride(1) == 1 and weight.stride(1) == 1, "x and weight rows must be contiguous"
+    assert x.device == weight.device
+    if bias is not None:
+        assert bias.shape == (weight.shape[0],) and bias.dtype == weight.dtype, (
+            f"bias must be [{weight.shape[0]}] {weight.dtype}, got {tuple(bias.shape)}"
+        )
+        assert bias.is_contiguous()
+
+
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, config: LinearConfig,
+    out: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """x [M, K] @ weight [N, K].T (+ bias [N]) -> out [M, N] in x's dtype."""
+    _check(x, weight, bias)
+    (num_rows, depth), num_cols = x.shape, weight.shape[0]
+    if out is None:
+        out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
+    assert out.shape == (num_rows, num_cols) and out.dtype == x.dtype and out.stride(1) == 1
+    if num_rows == 0:
+        return out
+    bias_arg = bias if bias is not None else weight
+    common = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.kind == "gemv":
+        grid = (triton.cdiv(num_cols, config.block_n), num_rows)
+        _gemv_kernel[grid](
+            x, weight, bias_arg, out, num_cols, depth, x.stride(0), weight.stride(0),
+            out.stride(0), BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            EVEN_K=depth % config.block_k == 0, HAS_BIAS=bias is not None, **common,
+        )  # fmt: skip
+        return out
+    k_per_split = triton.cdiv(triton.cdiv(depth, config.split_k), config.block_k) * config.block_k
+    split_k = triton.cdiv(depth, k_per_split)  # no empty slices
+    tiles = triton.cdiv(num_rows, config.block_m) * triton.cdiv(num_cols, config.block_n)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    target = out
+    if split_k > 1:
+        target = torch.empty(split_k, num_rows, num_cols, dtype=torch.float32, device=x.device)
+    _matmul_kernel[(tiles, split_k)](
+        x, weight, bias_arg, target, num_rows, num_cols, depth, k_per_split,
+        x.stride(0), weight.stride(0), out.stride(0), num_rows * num_cols,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        SPLIT_K=split_k, EVEN_K=k_per_split * split_k == depth, HAS_BIAS=bias is not None,
+        PRECISION=precision, **common,
+    )  # fmt: skip
+    if split_k > 1:
+        block = min(1024, triton.next_power_of_2(num_cols))
+        _split_k_sum_kernel[(num_rows, triton.cdiv(num_cols, block))](
+            target, bias_arg, out, num_rows, num_cols, num_rows * num_cols, out.stride(0),
+            SPLIT_K=split_k, BLOCK=block, HAS_BIAS=bias is not None,
+        )  # fmt: skip
+    return out

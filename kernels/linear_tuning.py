@@ -1,0 +1,202 @@
+"""Per-shape choice between cuBLAS and lodger's skinny matmul (lodger.kernels.linear).
+
+At start-up on CUDA the model runner times, for each weight shape of the model and each
+decode batch size it will capture, cuBLAS (F.linear) and a few launch configurations of the
+Triton kernel, the way the step runs them: one CUDA graph of calls over the model's own
+weights of that shape, one after another, so no weight is served from L2 that would not
+be in a real step. The fastest wins; the Triton kernel must beat cuBLAS by MIN_GAIN, or
+cuBLAS stays. `linear()` then dispatches by (device, dtype, N, K) and the smallest tuned
+batch size >= M; an untuned shape or a larger M (prefill) goes to cuBLAS.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch import Tensor
+
+from lodger.kernels.linear import LinearConfig
+from lodger.kernels.linear import linear as triton_linear
+
+logger = logging.getLogger(__name__)
+
+MIN_GAIN = 0.03  # the Triton kernel must be this much faster than cuBLAS to be chosen
+NUM_SMS_HINT = 132  # only bounds how many programs a candidate may launch
+
+
+MAX_TUNED_ROWS = 64  # above this cuBLAS won or tied every shape swept (docs/benchmarks.md)
+
+
+def candidates(num_rows: int, num_cols: int, depth: int) -> list[LinearConfig]:
+    """Launch configurations worth timing for out [num_rows, num_cols], depth K (none
+    above MAX_TUNED_ROWS). From the H100 sweep (`python -m bench.linear`): the GEMV with
+    few rows per program and long K chunks won at one or two rows; between, the tl.dot
+    kernel with one M tile and a split K where there are few output tiles."""
+    if num_rows > MAX_TUNED_ROWS:
+        return []
+    found: list[LinearConfig] = []
+    if num_rows <= 2:
+        found += [
+            LinearConfig(kind="gemv", block_n=block_n, block_k=block_k, num_stages=stages)
+            for block_n in (4, 8, 16)
+            for block_k in (512, 1024)
+            for stages in (2, 4)
+        ]
+    block_m = min(64, max(16, triton.next_power_of_2(num_rows)))
+    for block_n in (32, 64, 128):
+        for block_k, stages in ((128, 4), (256, 3)):
+            tiles = triton.cdiv(num_rows, block_m) * triton.cdiv(num_cols, block_n)
+            for split_k in (1, 2, 4):
+                if split_k > 1 and (tiles >= NUM_SMS_HINT or depth // split_k < block_k):
+                    continue
+                found.append(
+                    LinearConfig(
+                        block_m=block_m,
+                        block_n=block_n,
+                        block_k=block_k,
+                        split_k=split_k,
+                        num_stages=stages,
+                    )
+                )
+    return found
+
+
+def time_graph(calls: Sequence[Callable[[], object]], replays: int = 5) -> float:
+    """Seconds per call: the calls captured once into a CUDA graph, replayed `replays` times
+    (median), after one eager pass that compiles whatever they launch."""
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    del graph
+    return statistics.median(times) / len(calls)
+
+
+def time_config(x: Tensor, weights: Sequence[Tensor], config: LinearConfig | None) -> float:
+    """Seconds per matmul of x by each of `weights` in turn; config None = cuBLAS."""
+    if config is None:
+        return time_graph([lambda w=w: F.linear(x, w) for w in weights])
+    return time_graph([lambda w=w: triton_linear(x, w, None, config) for w in weights])
+
+
+@dataclass
+class ShapeChoice:
+    """Tuned batch sizes of one weight shape and what each one runs (None = cuBLAS)."""
+
+    batch_sizes: list[int] = field(default_factory=list)
+    configs: list[LinearConfig | None] = field(default_factory=list)
+
+    def add(self, batch_size: int, config: LinearConfig | None) -> None:
+        index = bisect.bisect_left(self.batch_sizes, batch_size)
+        if index < len(self.batch_sizes) and self.batch_sizes[index] == batch_size:
+            self.configs[index] = config
+        else:
+            self.batch_sizes.insert(index, batch_size)
+            self.configs.insert(index, config)
+
+    def lookup(self, num_rows: int) -> LinearConfig | None:
+        index = bisect.bisect_left(self.batch_sizes, num_rows)
+        return self.configs[index] if index < len(self.configs) else None
+
+
+_CHOICES: dict[tuple, ShapeChoice] = {}
+
+
+def _key(weight: Tensor) -> tuple:
+    return (weight.device, weight.dtype, weight.shape[0], weight.shape[1])
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x @ weight.T (+ bias) by whatever tuning chose for this shape and batch size."""
+    choice = _CHOICES.get(_key(weight))
+    config = None if choice is None else choice.lookup(x.shape[0])
+    if config is None or x.stride(1) != 1:
+        return F.linear(x, weight, bias)
+    return triton_linear(x, weight, bias, config)
+
+
+@dataclass
+class TuneResult:
+    """What tuning chose for one (shape, batch size), with its timings in microseconds."""
+
+    num_cols: int
+    depth: int
+    batch_size: int
+    cublas_us: float
+    best_us: float
+    config: LinearConfig | None
+
+
+def tune_weights(
+    weights: Sequence[Tensor], batch_sizes: Sequence[int],
+    make_candidates: Callable[[int, int, int], list[LinearConfig]] = candidates,
+) -> list[TuneResult]:  # fmt: skip
+    """Time cuBLAS and the candidates over `weights` (all of one shape) at each batch size,
+    record the winners for `linear()` and return what was chosen."""
+    assert weights and all(w.shape == weights[0].shape for w in weights)
+    num_cols, depth = weights[0].shape
+    choice = _CHOICES.setdefault(_key(weights[0]), ShapeChoice())
+    results = []
+    for batch_size in sorted(set(batch_sizes)):
+        x = torch.randn(batch_size, depth, dtype=weights[0].dtype, device=weights[0].device)
+        cublas = time_config(x, weights, None)
+        best, best_config = cublas, None
+        for config in make_candidates(batch_size, num_cols, depth):
+            seconds = time_config(x, weights, config)
+            if seconds < best and seconds < cublas * (1 - MIN_GAIN):
+                best, best_config = seconds, config
+        choice.add(batch_size, best_config)
+        results.append(
+            TuneResult(num_cols, depth, batch_size, cublas * 1e6, best * 1e6, best_config)
+        )
+    return results
+
+
+def tune_model_linears(model: torch.nn.Module, batch_sizes: Sequence[int]) -> list[TuneResult]:
+    """Tune every weight shape of the model's nn.Linear layers at the given batch sizes
+    (those this process has not tuned yet)."""
+    start = time.perf_counter()
+    by_shape: dict[tuple, list[Tensor]] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.is_cuda:
+            by_shape.setdefault(_key(module.weight), []).append(module.weight)
+    results = []
+    for key, weights in by_shape.items():
+        known = _CHOICES.get(key)
+        wanted = [b for b in batch_sizes if known is None or b not in known.batch_sizes]
+        if wanted:  # another engine in this process may have tuned this shape already
+            results += tune_weights(weights, wanted)
+    chosen = sum(r.config is not None for r in results)
+    logger.info(
+        "tuned %d (matmul shape, batch size) cases in %.1f s: Triton for %d, cuBLAS for %d",
+        len(results),
+        time.perf_counter() - start,
+        chosen,
+        len(results) - chosen,
+    )
+    return results
+
+
+def clear() -> None:
+    """Forget every choice (tests)."""
+    _CHOICES.clear()
