@@ -228,7 +228,7 @@ def test_linear_configs_and_tuned_dispatch(num_rows):
     import torch.nn.functional as F
 
     from lodger.kernels import linear_tuning
-    from lodger.kernels.linear import linear
+    from lodger.kernels.linear import LinearConfig, linear
 
     for num_cols, depth, with_bias in ((4096, 4096, False), (1000, 1100, True)):
         x = torch.randn(num_rows, depth, device=DEVICE).to(BF16)
@@ -254,5 +254,9 @@ def test_linear_configs_and_tuned_dispatch(num_rows):
         x = torch.randn(num_rows, 2048, device=DEVICE).to(BF16)
         out = ops.linear(x, weights[0])
         assert relative_error(out.float(), F.linear(x, weights[0]).float()) < BF16_TOLERANCE
+        # a configuration the card cannot run (too much shared memory) is skipped
+        too_big = LinearConfig(block_m=64, block_n=256, block_k=512, num_stages=4)
+        results = linear_tuning.tune_weights(weights, [3], make_candidates=lambda *_: [too_big])
+        assert results[0].config is None
     finally:
         linear_tuning.clear()
