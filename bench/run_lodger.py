@@ -16,6 +16,7 @@ def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> lis
     start = time.perf_counter()
     llm = LLM(model=str(model_dir), **options)
     load_s = time.perf_counter() - start
+    tuning = [result.summary() for result in getattr(llm.engine.runner, "matmul_tuning", [])]
     warm_prompt, warm_tokens = warmup_request()
     llm.generate([{"prompt_token_ids": warm_prompt}], SamplingParams(max_tokens=warm_tokens),
                  use_tqdm=False)
@@ -40,6 +41,8 @@ def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> lis
             "num_preemptions": after.num_preemptions - before.num_preemptions,
             "num_kv_blocks": after.num_blocks,
         }
+        if tuning:
+            extra["matmul_tuning"] = tuning
         if workload.is_batch1:
             metrics = outputs[0].metrics
             if metrics.first_token_time is not None and metrics.finished_time is not None:

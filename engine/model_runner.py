@@ -105,6 +105,7 @@ class ModelRunner:
             )
         torch.manual_seed(config.seed)  # unseeded sampling draws from torch's default RNG
         self.model = load_model(config.model, model_config, self.device, dtype, self.max_model_len)
+        self.matmul_tuning: list = []  # linear_tuning.TuneResult of each case tuned here
         if config.tune_matmuls and ops.use_triton(self.model.lm_head.weight):
             self._tune_matmuls()
         self.sampler = Sampler()
@@ -129,7 +130,7 @@ class ModelRunner:
         sizes = [b for b in batch_buckets(self.config.max_num_seqs)
                  if b <= linear_tuning.MAX_TUNED_ROWS]
         with torch.inference_mode():
-            linear_tuning.tune_model_linears(self.model, sizes)
+            self.matmul_tuning = linear_tuning.tune_model_linears(self.model, sizes)
 
     # ---- KV cache ------------------------------------------------------------------------
 

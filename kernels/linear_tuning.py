@@ -150,6 +150,23 @@ class TuneResult:
     best_us: float
     config: LinearConfig | None
 
+    def summary(self) -> str:
+        """e.g. 'N=4096 K=4096 M=1: gemv n8 k512 s2 14.2 us (cuBLAS 16.3 us)'."""
+        config = self.config
+        if config is None:
+            chosen = "cuBLAS"
+        elif config.kind == "gemv":
+            chosen = f"gemv n{config.block_n} k{config.block_k} s{config.num_stages}"
+        else:
+            chosen = (
+                f"dot m{config.block_m} n{config.block_n} k{config.block_k} "
+                f"split{config.split_k} s{config.num_stages}"
+            )
+        return (
+            f"N={self.num_cols} K={self.depth} M={self.batch_size}: {chosen} "
+            f"{self.best_us:.1f} us (cuBLAS {self.cublas_us:.1f} us)"
+        )
+
 
 def tune_weights(
     weights: Sequence[Tensor], batch_sizes: Sequence[int],
