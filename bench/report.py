@@ -112,7 +112,8 @@ def goals_table(runs: list[list[dict]], ab: list[dict] = ()) -> str:
         value = (1000.0 / r["ms_per_token"]) if measure == "tok_per_s_batch1" else r[measure]
         status = "met" if value >= target else f"{value / target:.0%} of it"
         lines.append(f"| {label} | {target:,.0f} {unit} | {_num(value)} {unit} | {status} | "
-                     f"{r['card']} | `{r['commit']}`, {r['date'][:10]} |")
+                     f"{r['card']} | `{r['commit']}`, {r['date'][:10]}"
+                     f"{'; ' + r['note'] if r.get('note') else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,13 +125,13 @@ def ab_table(records: list[dict]) -> str:
     parts = []
     for call, rows in calls.items():
         first = rows[0]
-        lines = [f"#### A/B call {call}: {first['card']}, {first['date'][:10]}, "
-                 f"{first['shape']}\n",
-                 "| # | commit | workload | output tok/s | ms/token | elapsed s |",
-                 "| --- | --- | --- | --- | --- | --- |"]
+        shapes = ", ".join(dict.fromkeys(r["shape"] for r in rows))
+        lines = [f"#### A/B call {call}: {first['card']}, {first['date'][:10]}, {shapes}\n",
+                 "| # | commit | shape | workload | output tok/s | ms/token | elapsed s |",
+                 "| --- | --- | --- | --- | --- | --- | --- |"]
         for i, r in enumerate(rows, 1):
             ms = _num(r["ms_per_token"], 2) if "ms_per_token" in r else ""
-            lines.append(f"| {i} | `{r['commit']}` | {r['workload']} | "
+            lines.append(f"| {i} | `{r['commit']}` | {r['shape']} | {r['workload']} | "
                          f"{_num(r['output_tok_per_s'])} | {ms} | {_num(r['elapsed_s'], 2)} |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)

@@ -41,7 +41,9 @@ class EngineConfig:
     async_scheduling: bool = True
     # CUDA: at start-up, time cuBLAS against lodger's Triton matmul for each weight shape
     # at each decode batch size up to 64 and use the faster (lodger.kernels.linear_tuning).
-    tune_matmuls: bool = True
+    # Off by default: its kernels pass the GPU kernel tests, but the one GPU end-to-end run
+    # with it on (docs/benchmarks.md, ed6791a) had failures not yet explained.
+    tune_matmuls: bool = False
     # Seed of the engine's own random state (unseeded sampling).
     seed: int = 0
 

@@ -64,9 +64,10 @@ def hf_greedy_with_logprobs(model_dir, prompt_ids: list[int], dtype: torch.dtype
     return tokens, logprobs
 
 
-def run_lodger(model_dir, dtype: str, enforce_eager: bool):
+def run_lodger(model_dir, dtype: str, enforce_eager: bool, tune_matmuls: bool = False):
     llm = LLM(model=str(model_dir), dtype=dtype, device="cuda", max_model_len=512,
-              enforce_eager=enforce_eager, gpu_memory_utilization=0.5)
+              enforce_eager=enforce_eager, gpu_memory_utilization=0.5,
+              tune_matmuls=tune_matmuls)
     params = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS,
                             min_tokens=NUM_NEW_TOKENS, logprobs=TOP_K)
     outputs = llm.generate(PROMPTS, params, use_tqdm=False)
@@ -84,9 +85,12 @@ def test_float32_greedy_equals_transformers(gpu_model_dir, enforce_eager):
         assert completion.token_ids == expected
 
 
-@pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "cuda-graphs"])
-def test_bfloat16_logprobs_close_to_transformers(gpu_model_dir, enforce_eager):
-    prompt_ids, completions = run_lodger(gpu_model_dir, "bfloat16", enforce_eager)
+@pytest.mark.parametrize(
+    "enforce_eager,tune_matmuls", [(True, False), (False, False), (False, True)],
+    ids=["eager", "cuda-graphs", "cuda-graphs-tuned-matmuls"],
+)
+def test_bfloat16_logprobs_close_to_transformers(gpu_model_dir, enforce_eager, tune_matmuls):
+    prompt_ids, completions = run_lodger(gpu_model_dir, "bfloat16", enforce_eager, tune_matmuls)
     for ids, completion in zip(prompt_ids, completions, strict=True):
         hf_tokens, hf_logprobs = hf_greedy_with_logprobs(gpu_model_dir, ids, torch.bfloat16)
         for step, (ours, theirs) in enumerate(zip(completion.token_ids, hf_tokens, strict=True)):
