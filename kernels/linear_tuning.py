@@ -25,10 +25,13 @@ from torch import Tensor
 
 from lodger.kernels.linear import LinearConfig
 from lodger.kernels.linear import linear as triton_linear
+from lodger.kernels.reference import relative_error
 
 logger = logging.getLogger(__name__)
 
 MIN_GAIN = 0.03  # the Triton kernel must be this much faster than cuBLAS to be chosen
+# a candidate whose result is further than this from cuBLAS's is never chosen
+MAX_RELATIVE_ERROR = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 NUM_SMS_HINT = 132  # only bounds how many programs a candidate may launch
 SHARED_MEMORY_BYTES = 220 * 1024  # an H100 block may have 227 KiB; pipelined tiles must fit
 
@@ -181,12 +184,25 @@ def tune_weights(
     for batch_size in sorted(set(batch_sizes)):
         x = torch.randn(batch_size, depth, dtype=weights[0].dtype, device=weights[0].device)
         cublas = time_config(x, weights, None)
+        expected = F.linear(x, weights[0]).float()
         best, best_config = cublas, None
         for config in make_candidates(batch_size, num_cols, depth):
             try:
                 seconds = time_config(x, weights, config)
+                got = triton_linear(x, weights[0], None, config).float()
             except Exception as error:  # noqa: BLE001 - a launch this card cannot run is skipped
                 logger.warning("matmul %s failed at N=%d K=%d: %s", config, num_cols, depth, error)
+                continue
+            off = relative_error(got, expected)
+            if not off <= MAX_RELATIVE_ERROR[x.dtype]:  # NaN too
+                logger.warning(
+                    "matmul %s at N=%d K=%d M=%d is off cuBLAS by %.2e; skipped",
+                    config,
+                    num_cols,
+                    depth,
+                    batch_size,
+                    off,
+                )
                 continue
             if seconds < best and seconds < cublas * (1 - MIN_GAIN):
                 best, best_config = seconds, config
@@ -209,8 +225,13 @@ def tune_model_linears(model: torch.nn.Module, batch_sizes: Sequence[int]) -> li
     for key, weights in by_shape.items():
         known = _CHOICES.get(key)
         wanted = [b for b in batch_sizes if known is None or b not in known.batch_sizes]
-        if wanted:  # another engine in this process may have tuned this shape already
+        if not wanted:  # another engine in this process tuned this shape already
+            continue
+        try:
             results += tune_weights(weights, wanted)
+        except Exception:  # noqa: BLE001 - tuning must never stop the engine from starting
+            logger.exception("matmul tuning failed for N=%d K=%d; cuBLAS keeps it", *key[2:])
+            _CHOICES.pop(key, None)
     chosen = sum(r.config is not None for r in results)
     logger.info(
         "tuned %d (matmul shape, batch size) cases in %.1f s: Triton for %d, cuBLAS for %d",

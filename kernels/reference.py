@@ -137,3 +137,9 @@ def silu_and_mul(x: Tensor) -> Tensor:
     """silu(x[:, :I]) * x[:, I:] for x [T, 2 * I] (gate then up, as in a Llama MLP)."""
     inter = x.shape[-1] // 2
     return F.silu(x[..., :inter]) * x[..., inter:]
+
+
+def relative_error(out: Tensor, expected: Tensor) -> float:
+    """‖out - expected‖ / ‖expected‖ in float64; NaN anywhere gives NaN (never passes)."""
+    out, expected = out.double(), expected.double()
+    return ((out - expected).norm() / expected.norm()).item()

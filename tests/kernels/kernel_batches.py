@@ -3,6 +3,9 @@
 import torch
 
 from lodger.kernels.attention_metadata import AttentionMetadata
+from lodger.kernels.reference import relative_error
+
+__all__ = ["dense_causal_attention", "make_batch", "relative_error"]
 
 
 def make_batch(
@@ -67,7 +70,3 @@ def dense_causal_attention(q, k, v, scale):
     return (scores.softmax(-1) @ v).transpose(0, 1)  # [L, Hq, D]
 
 
-def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
-    """‖out - expected‖ / ‖expected‖ in float64; NaN anywhere gives NaN (never passes)."""
-    out, expected = out.double(), expected.double()
-    return ((out - expected).norm() / expected.norm()).item()

@@ -260,3 +260,23 @@ def test_linear_configs_and_tuned_dispatch(num_rows):
         assert results[0].config is None
     finally:
         linear_tuning.clear()
+
+
+def test_tuning_never_chooses_a_wrong_kernel(monkeypatch):
+    """A candidate whose output is off cuBLAS's is skipped however fast it is."""
+    from lodger.kernels import linear_tuning
+    from lodger.kernels.linear import LinearConfig
+
+    def zeros(x, weight, bias, config):
+        return torch.zeros(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+
+    monkeypatch.setattr(linear_tuning, "triton_linear", zeros)
+    weights = [(torch.randn(1024, 2048, device=DEVICE) / 45).to(BF16) for _ in range(4)]
+    linear_tuning.clear()
+    try:
+        config = LinearConfig(kind="gemv", block_n=8, block_k=512)
+        results = linear_tuning.tune_weights(weights, [1], make_candidates=lambda *_: [config])
+        assert results[0].config is None
+        assert linear_tuning._CHOICES[linear_tuning._key(weights[0])].lookup(1) is None
+    finally:
+        linear_tuning.clear()
