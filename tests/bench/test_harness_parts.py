@@ -167,9 +167,19 @@ def test_render_ab_calls_and_goals_from_the_newest_lodger_record(tmp_path):
     text = render([*full, *ab], "# Benchmarks\n", tmp_path / "plot.png", doc)
     assert "| nano | lodger | 12,000.0 |" in text and "| nano | hf-static | 1,200.0 |" in text
     assert "#### A/B call 3: Card X, 2026-01-02, qwen3-0.6b" in text
-    assert "| 1 | `aaa` | nano | 13,000.0 |  |" in text and "| 2 | `bbb` | nano | 18,000.0" in text
+    assert "| 1 | `aaa` | qwen3-0.6b | nano | 13,000.0 |  |" in text
+    assert "| 2 | `bbb` | qwen3-0.6b | nano | 18,000.0" in text
     assert "| nano on qwen3-0.6b | 20,000 tok/s | 18,000.0 tok/s | 90% of it | Card X | `bbb`" \
         in text
+
+
+def test_goal_row_carries_a_record_note(tmp_path):
+    """A record's note (e.g. which option was on) is shown beside its commit in the goals."""
+    ab = [_record(kind="ab", ab_call=1, engine="lodger", workload="nano", commit="ccc",
+                  output_tok_per_s=15000.0, req_per_s=1.0, elapsed_s=9.0,
+                  date="2026-01-03T00:00:00Z", note="an option on")]
+    text = render(ab, "# Benchmarks\n", tmp_path / "plot.png", tmp_path / "benchmarks.md")
+    assert "| Card X | `ccc`, 2026-01-03; an option on |" in text
 
 
 def test_profile_lodger_times_the_step_phases(tmp_path):
