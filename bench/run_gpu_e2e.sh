@@ -6,7 +6,7 @@
 set -uo pipefail
 source bench/gpu_env.sh
 SECONDS=0
-python3 -m pytest -m gpu tests/engine -q -p no:cacheprovider -rs -x 2>&1 | tee "$out/gpu_e2e_tests.log"
+python3 -m pytest -m gpu tests/engine -q -p no:cacheprovider -rs -x --tb=short --durations=10 2>&1 | tee "$out/gpu_e2e_tests.log"
 tests_rc=${PIPESTATUS[0]}
 echo "engine GPU tests: exit $tests_rc in ${SECONDS}s"
 SECONDS=0
