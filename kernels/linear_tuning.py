@@ -6,7 +6,8 @@ Triton kernel, the way the step runs them: one CUDA graph of calls over the mode
 weights of that shape, one after another, so no weight is served from L2 that would not
 be in a real step. The fastest wins; the Triton kernel must beat cuBLAS by MIN_GAIN, or
 cuBLAS stays. `linear()` then dispatches by (device, dtype, N, K) and the smallest tuned
-batch size >= M; an untuned shape or a larger M (prefill) goes to cuBLAS.
+batch size >= M; an untuned shape or a larger M (prefill) goes to cuBLAS. The engine tunes
+only with EngineConfig.tune_matmuls (off by default until its GPU end-to-end run passes).
 """
 
 from __future__ import annotations
@@ -32,10 +33,8 @@ logger = logging.getLogger(__name__)
 MIN_GAIN = 0.03  # the Triton kernel must be this much faster than cuBLAS to be chosen
 # a candidate whose result is further than this from cuBLAS's is never chosen
 MAX_RELATIVE_ERROR = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
-NUM_SMS_HINT = 132  # only bounds how many programs a candidate may launch
+NUM_SMS_HINT = 132  # split K is tried only where fewer output tiles than an H100's SMs
 SHARED_MEMORY_BYTES = 220 * 1024  # an H100 block may have 227 KiB; pipelined tiles must fit
-
-
 MAX_TUNED_ROWS = 64  # above this cuBLAS won or tied every shape swept (docs/benchmarks.md)
 
 
