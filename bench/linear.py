@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from bench.shapes import SHAPES
 from lodger.kernels.linear import linear as triton_linear
-from lodger.kernels.linear_tuning import candidates, time_config
+from lodger.kernels.linear_tuning import MAX_RELATIVE_ERROR, candidates, time_config
+from lodger.kernels.reference import relative_error
 
 ROTATION_BYTES = 256e6
 PEAK_BYTES_PER_S = 3.0e12
@@ -73,10 +74,10 @@ def run_case(num_rows: int, num_cols: int, depth: int, top: int) -> dict:
         except Exception as error:  # noqa: BLE001 - a config that fails to compile is reported
             print(f"  {config}: {type(error).__name__}: {error}", file=sys.stderr)
             continue
-        error = (triton_linear(x, weights[0], None, config).float() - expected).abs().max()
-        if error > 0.05 * expected.abs().max() + 0.02:
+        off = relative_error(triton_linear(x, weights[0], None, config).float(), expected)
+        if not off <= MAX_RELATIVE_ERROR[x.dtype]:  # what the tuner would refuse
             wrong.append(asdict(config))
-            print(f"  WRONG {config}: max error {error.item():.4f}", file=sys.stderr)
+            print(f"  WRONG {config}: relative error {off:.2e}", file=sys.stderr)
     timed.sort(key=lambda item: item[0])
     return {
         "M": num_rows,

@@ -16,7 +16,7 @@ def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> lis
     start = time.perf_counter()
     llm = LLM(model=str(model_dir), **options)
     load_s = time.perf_counter() - start
-    tuning = [result.summary() for result in getattr(llm.engine.runner, "matmul_tuning", [])]
+    tuning = [result.summary() for result in llm.engine.runner.matmul_tuning]
     warm_prompt, warm_tokens = warmup_request()
     llm.generate([{"prompt_token_ids": warm_prompt}], SamplingParams(max_tokens=warm_tokens),
                  use_tqdm=False)
