@@ -9,7 +9,11 @@
 #       --shape qwen3-0.6b --workloads nano,batch1
 #
 # Runs the baseline first, then this tree (engine lodger only); both append to
-# $OUT/offline.jsonl with their own commit.
+# $OUT/offline.jsonl with their own commit. BASELINE_ENV="VAR=value ..." is exported for the
+# baseline run only; with BASELINE_DIR "." that compares one tree with and without a switch:
+#
+#   LODGER_COMMIT=<hash> BASELINE_COMMIT=<hash>-pdl-off BASELINE_ENV=LODGER_PDL=0 \
+#       bash bench/run_gpu_ab.sh . --shape llama3-8b --workloads batch1
 set -uo pipefail
 baseline=${1:?usage: bash bench/run_gpu_ab.sh BASELINE_DIR [bench.throughput args...]}
 shift
@@ -18,7 +22,7 @@ checkpoints=/tmp/lodger-bench-checkpoints
 args=("$@" --engines lodger --checkpoints "$checkpoints")
 rc=0
 (
-  cd "$baseline" && export LODGER_COMMIT=${BASELINE_COMMIT:-baseline} &&
+  cd "$baseline" && export LODGER_COMMIT=${BASELINE_COMMIT:-baseline} ${BASELINE_ENV:-} &&
     source bench/gpu_env.sh &&
     python3 -m bench.throughput "${args[@]}" --out "$out/offline.jsonl"
 ) 2>&1 | tee -a "${OUT:-/tmp/lodger-gpu}/ab.log" || rc=1

@@ -9,12 +9,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lodger.kernels.pdl import await_prior_kernel, launch_options
+
 
 @triton.jit
 def _silu_and_mul_kernel(
-    x_ptr, out_ptr, stride_x, stride_out, intermediate_size, BLOCK: tl.constexpr
-):
+    x_ptr, out_ptr, stride_x, stride_out, intermediate_size,
+    BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+):  # fmt: skip
     """Program (row, chunk): BLOCK columns of out[row] = silu(x[row, :I]) * x[row, I:]."""
+    await_prior_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < intermediate_size
@@ -40,5 +44,7 @@ def silu_and_mul(x: Tensor, out: Tensor | None = None) -> Tensor:
         return out
     block = min(1024, triton.next_power_of_2(intermediate_size))
     grid = (num_tokens, triton.cdiv(intermediate_size, block))
-    _silu_and_mul_kernel[grid](x, out, x.stride(0), out.stride(0), intermediate_size, block)
+    _silu_and_mul_kernel[grid](
+        x, out, x.stride(0), out.stride(0), intermediate_size, block, **launch_options(x.device)
+    )
     return out

@@ -18,6 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from lodger.kernels.attention_metadata import AttentionMetadata
+from lodger.kernels.pdl import await_prior_kernel, launch_options
 
 LOG2E = 1.4426950408889634
 
@@ -47,8 +48,9 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    await_prior_kernel(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -110,9 +112,10 @@ def _decode_merge_kernel(
     partial_ptr, lse_ptr, query_start_ptr, out_ptr,
     num_splits, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-    SPLITS_PAD: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr, NUM_Q_HEADS: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (b, q_head): weight each split's output by exp2(its lse - max lse)."""
+    await_prior_kernel(USE_PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     token = tl.load(query_start_ptr + seq).to(tl.int64)
@@ -236,7 +239,7 @@ def decode_attention(
         BLOCK_SIZE=k_cache.shape[1], BLOCK_N=config.block_n,
         SINGLE_SPLIT=num_splits == 1, NUM_Q_HEADS=num_q_heads,
         DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(q.device),
     )  # fmt: skip
     if num_splits > 1:
         _decode_merge_kernel[(num_seqs, num_q_heads)](
@@ -244,6 +247,6 @@ def decode_attention(
             num_splits, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, DIM_PAD=dim_pad,
             SPLITS_PAD=triton.next_power_of_2(num_splits),
-            NUM_Q_HEADS=num_q_heads,
+            NUM_Q_HEADS=num_q_heads, **launch_options(q.device),
         )  # fmt: skip
     return out

@@ -8,6 +8,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lodger.kernels.pdl import await_prior_kernel, launch_options
+
 
 @triton.jit
 def store_token_kv(
@@ -35,9 +37,10 @@ def _write_kv_kernel(
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_cache_block, stride_cache_slot, stride_cache_head,
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    HEADS_PAD: tl.constexpr, DIM_PAD: tl.constexpr,
+    HEADS_PAD: tl.constexpr, DIM_PAD: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One program per token: copy its [Hkv, D] key and value rows to its cache slot."""
+    await_prior_kernel(USE_PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token)
     if slot >= 0:  # -1: padding token of a CUDA-graph batch
@@ -83,5 +86,5 @@ def write_kv_cache(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
         HEADS_PAD=triton.next_power_of_2(num_kv_heads),
-        DIM_PAD=triton.next_power_of_2(head_dim),
+        DIM_PAD=triton.next_power_of_2(head_dim), **launch_options(k.device),
     )  # fmt: skip

@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lodger.kernels.pdl import await_prior_kernel, launch_options
+
 
 @dataclass(frozen=True)
 class LinearConfig:
@@ -56,10 +58,11 @@ def _matmul_kernel(
     stride_xm, stride_wn, stride_om, stride_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (tile, split): out tile = x[m tile, K slice] @ w[n tile, K slice].T.
     With SPLIT_K > 1, out_ptr is a float32 [SPLIT_K, M, N] workspace."""
+    await_prior_kernel(USE_PDL)
     tile = tl.program_id(0)
     split = tl.program_id(1)
     num_m_tiles = tl.cdiv(M, BLOCK_M)
@@ -98,9 +101,10 @@ def _matmul_kernel(
 @triton.jit
 def _split_k_sum_kernel(
     partial_ptr, bias_ptr, out_ptr, M, N, stride_split, stride_om,
-    SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (row, chunk): out[row, chunk] = sum of the SPLIT_K partials (+ bias)."""
+    await_prior_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -116,9 +120,10 @@ def _split_k_sum_kernel(
 def _gemv_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_xm, stride_wn, stride_om,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (n tile, row): out[row, n tile] = sum over K of w[n tile, k] * x[row, k]."""
+    await_prior_kernel(USE_PDL)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row = tl.program_id(1).to(tl.int64)
     depth = tl.arange(0, BLOCK_K)
@@ -171,6 +176,7 @@ def linear(
         return out
     bias_arg = bias if bias is not None else weight
     common = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    common.update(launch_options(x.device))
     if config.kind == "gemv":
         grid = (triton.cdiv(num_cols, config.block_n), num_rows)
         _gemv_kernel[grid](
@@ -197,6 +203,6 @@ def linear(
         block = min(1024, triton.next_power_of_2(num_cols))
         _split_k_sum_kernel[(num_rows, triton.cdiv(num_cols, block))](
             target, bias_arg, out, num_rows, num_cols, num_rows * num_cols, out.stride(0),
-            SPLIT_K=split_k, BLOCK=block, HAS_BIAS=bias is not None,
+            SPLIT_K=split_k, BLOCK=block, HAS_BIAS=bias is not None, **launch_options(x.device),
         )  # fmt: skip
     return out

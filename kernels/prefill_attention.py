@@ -24,6 +24,7 @@ from lodger.kernels.decode_attention import (
     check_out,
     dot_precision,
 )
+from lodger.kernels.pdl import await_prior_kernel, launch_options
 
 
 @dataclass(slots=True)
@@ -47,8 +48,9 @@ def _prefill_kernel(
     stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    await_prior_kernel(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     tile = tl.program_id(2)
@@ -138,6 +140,6 @@ def prefill_attention(
         GROUP=group, HEAD_DIM=head_dim, DIM_PAD=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=k_cache.shape[1], BLOCK_ROWS=block_rows, BLOCK_N=config.block_n,
         DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(q.device),
     )  # fmt: skip
     return out

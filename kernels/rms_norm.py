@@ -10,15 +10,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lodger.kernels.pdl import await_prior_kernel, launch_options
+
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr,
     stride_x, stride_residual, stride_out, stride_sum,
     hidden_size, eps,
-    ADD_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    ADD_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One program per row: (optionally x + residual ->) RMSNorm(row) * weight."""
+    await_prior_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden_size
@@ -55,7 +58,7 @@ def _launch(x, residual, weight, out, summed, eps) -> None:
         summed.stride(0) if add else 0,
         hidden_size, eps,
         ADD_RESIDUAL=add, BLOCK=triton.next_power_of_2(hidden_size),
-        num_warps=4 if hidden_size <= 4096 else 8,
+        num_warps=4 if hidden_size <= 4096 else 8, **launch_options(x.device),
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from lodger.kernels.kv_cache_write import check_kv_cache_args, store_token_kv
+from lodger.kernels.pdl import await_prior_kernel, launch_options
 
 
 @triton.jit
@@ -51,10 +52,11 @@ def _rotary_kernel(
     Q_HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, NORM: tl.constexpr,
     WRITE_KV: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, DIM_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, DIM_PAD: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One program per token: cos/sin of its position, then all q heads and all k heads;
     with WRITE_KV the rotated k and the v rows then go to the token's cache slot."""
+    await_prior_kernel(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token)
     dims = tl.arange(0, HALF_PAD)[None, :]
@@ -136,5 +138,6 @@ def apply_rotary(
         HALF=half, HALF_PAD=triton.next_power_of_2(half), NORM=norm,
         WRITE_KV=write_kv, NUM_KV_HEADS=k.shape[1], HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, DIM_PAD=triton.next_power_of_2(head_dim),
+        **launch_options(q.device),
     )  # fmt: skip
     return q, k

@@ -30,6 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lodger.kernels.pdl import await_prior_kernel, launch_options
+
 # Globals a kernel reads must be tl.constexpr instances (an annotation is not enough).
 _TWO_POW_M32 = tl.constexpr(2.0**-32)
 _TWO_POW_M33 = tl.constexpr(2.0**-33)
@@ -139,9 +141,10 @@ def _scan_columns(
 def _sample_kernel(
     logits_ptr, temperature_ptr, seed_ptr, step_ptr, value_ptr, index_ptr, uniform_ptr,
     stride_row, stride_uniform, vocab_size, split_columns,
-    WRITE_UNIFORMS: tl.constexpr, LANE: tl.constexpr,
+    WRITE_UNIFORMS: tl.constexpr, LANE: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (row, split): the best column of the split's columns, to value/index[row, split]."""
+    await_prior_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
@@ -173,8 +176,11 @@ MAX_SPLITS = 64
 
 
 @triton.jit
-def _best_split_kernel(value_ptr, index_ptr, out_ptr, num_splits, SPLITS: tl.constexpr):
+def _best_split_kernel(
+    value_ptr, index_ptr, out_ptr, num_splits, SPLITS: tl.constexpr, USE_PDL: tl.constexpr
+):
     """Program per row: the column of its best split (splits hold increasing columns)."""
+    await_prior_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     splits = tl.arange(0, SPLITS)
     mask = splits < num_splits
@@ -259,10 +265,11 @@ def sample(
         logits.stride(0), uniforms.stride(0) if uniforms is not None else 0,
         vocab_size, tiles_per_split * config.tile,
         WRITE_UNIFORMS=uniforms is not None, LANE=config.lane_width, num_warps=config.num_warps,
+        **launch_options(logits.device),
     )  # fmt: skip
     if num_splits > 1:
         _best_split_kernel[(num_rows,)](
-            values, indices, out, num_splits, SPLITS=MAX_SPLITS
+            values, indices, out, num_splits, SPLITS=MAX_SPLITS, **launch_options(logits.device)
         )
     return out
 
