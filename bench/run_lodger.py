@@ -43,6 +43,7 @@ def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> lis
         }
         if tuning:
             extra["matmul_tuning"] = tuning
+            extra["matmul_tuning_s"] = round(llm.engine.runner.matmul_tuning_s, 2)
         if workload.is_batch1:
             metrics = outputs[0].metrics
             if metrics.first_token_time is not None and metrics.finished_time is not None:

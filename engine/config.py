@@ -41,8 +41,9 @@ class EngineConfig:
     async_scheduling: bool = True
     # CUDA: at start-up, time cuBLAS against lodger's Triton matmul for each weight shape
     # at each decode batch size up to 64 and use the faster (lodger.kernels.linear_tuning).
-    # Off by default: its kernels pass the GPU kernel tests, but the one GPU end-to-end run
-    # with it on (docs/benchmarks.md, ed6791a) had failures not yet explained.
+    # Off by default: it adds start-up time (the timing plus Triton compiles of every
+    # candidate; ModelRunner.matmul_tuning_s) for a gain at small decode batches only.
+    # 16-bit weights only (float32 keeps cuBLAS).
     tune_matmuls: bool = False
     # Seed of the engine's own random state (unseeded sampling).
     seed: int = 0

@@ -13,6 +13,7 @@ On CUDA, decode-only batches replay CUDA graphs (engine/cuda_graphs.py) unless
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -106,6 +107,7 @@ class ModelRunner:
         torch.manual_seed(config.seed)  # unseeded sampling draws from torch's default RNG
         self.model = load_model(config.model, model_config, self.device, dtype, self.max_model_len)
         self.matmul_tuning: list = []  # linear_tuning.TuneResult of each case tuned here
+        self.matmul_tuning_s = 0.0  # start-up seconds the tuning took
         if config.tune_matmuls and ops.use_triton(self.model.lm_head.weight):
             self._tune_matmuls()
         self.sampler = Sampler()
@@ -123,14 +125,20 @@ class ModelRunner:
 
     def _tune_matmuls(self) -> None:
         """Pick cuBLAS or the Triton matmul per weight shape at the decode batch sizes the
-        CUDA graphs will run (powers of two, as their buckets; up to max_num_seqs)."""
+        CUDA graphs will run (powers of two, as their buckets; up to max_num_seqs). Only for
+        16-bit weights: float32 keeps cuBLAS (the kernels target bf16/fp16 decode)."""
         from lodger.engine.cuda_graphs import batch_buckets
         from lodger.kernels import linear_tuning
 
+        if self.dtype == torch.float32:
+            logger.info("tune_matmuls: float32 weights keep cuBLAS; tuning is for bf16/fp16")
+            return
         sizes = [b for b in batch_buckets(self.config.max_num_seqs)
                  if b <= linear_tuning.MAX_TUNED_ROWS]
+        start = time.perf_counter()
         with torch.inference_mode():
             self.matmul_tuning = linear_tuning.tune_model_linears(self.model, sizes)
+        self.matmul_tuning_s = time.perf_counter() - start
 
     # ---- KV cache ------------------------------------------------------------------------
 

@@ -13,6 +13,14 @@ from lodger.kernels.pdl import await_prior_kernel, launch_options
 
 
 @triton.jit
+def silu_mul(gate, up, dtype: tl.constexpr):
+    """silu(gate) * up from float32 values, rounded to dtype after each step as torch does;
+    returned in float32 (exactly a dtype value)."""
+    act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    return (act * up).to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _silu_and_mul_kernel(
     x_ptr, out_ptr, stride_x, stride_out, intermediate_size,
     BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
@@ -25,8 +33,8 @@ def _silu_and_mul_kernel(
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + intermediate_size + cols, mask=mask, other=0.0)
     dtype = out_ptr.dtype.element_ty
-    act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-    tl.store(out_ptr + row * stride_out + cols, (act * up.to(tl.float32)).to(dtype), mask=mask)
+    out = silu_mul(gate, up.to(tl.float32), dtype)
+    tl.store(out_ptr + row * stride_out + cols, out.to(dtype), mask=mask)
 
 
 def silu_and_mul(x: Tensor, out: Tensor | None = None) -> Tensor:

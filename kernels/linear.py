@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lodger.kernels.activation import silu_mul
 from lodger.kernels.pdl import await_prior_kernel, launch_options
 
 
@@ -117,40 +118,65 @@ def _split_k_sum_kernel(
 
 
 @triton.jit
+def _load_chunk(ptrs, mask, MASKED: tl.constexpr):
+    if MASKED:
+        return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(ptrs).to(tl.float32)
+
+
+@triton.jit
+def _load_gemv_x(x_ptrs, mask, up_offset, GATED: tl.constexpr, MASKED: tl.constexpr):
+    """One chunk of a GEMV's input row in float32; GATED: silu(gate) * up of the packed
+    [gate | up] row (up_offset elements apart), rounded as silu_and_mul rounds it."""
+    x = _load_chunk(x_ptrs, mask, MASKED)
+    if GATED:
+        up = _load_chunk(x_ptrs + up_offset, mask, MASKED)
+        return silu_mul(x, up, x_ptrs.dtype.element_ty)
+    return x
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_xm, stride_wn, stride_om,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    """Program (n tile, row): out[row, n tile] = sum over K of w[n tile, k] * x[row, k]."""
-    await_prior_kernel(USE_PDL)
+    """Program (n tile, row): out[row, n tile] = sum over K of w[n tile, k] * x[row, k].
+    GATED: x[row] is a packed [gate | up] row of 2 * K and the input is silu(gate) * up."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row = tl.program_id(1).to(tl.int64)
     depth = tl.arange(0, BLOCK_K)
     col_mask = cols[:, None] < N
     x_ptrs = x_ptr + row * stride_xm + depth
     w_ptrs = w_ptr + cols[:, None].to(tl.int64) * stride_wn + depth[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
+    # No kernel writes the weights: the first chunk loads while the prior kernel finishes.
+    in_k = depth < K
+    w = tl.load(w_ptrs, mask=col_mask & in_k[None, :], other=0.0)
+    await_prior_kernel(USE_PDL)
+    x = _load_gemv_x(x_ptrs, in_k, K, GATED, True)
+    acc = w.to(tl.float32) * x[None, :]
+    for k in range(BLOCK_K, K, BLOCK_K):
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
         if EVEN_K:
-            x = tl.load(x_ptrs)
+            x = _load_gemv_x(x_ptrs, in_k, K, GATED, False)
             w = tl.load(w_ptrs, mask=col_mask, other=0.0)
         else:
             in_k = (k + depth) < K
-            x = tl.load(x_ptrs, mask=in_k, other=0.0)
+            x = _load_gemv_x(x_ptrs, in_k, K, GATED, True)
             w = tl.load(w_ptrs, mask=col_mask & in_k[None, :], other=0.0)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
+        acc += w.to(tl.float32) * x[None, :]
     total = tl.sum(acc, axis=1)
     if HAS_BIAS:
         total += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=cols < N)
 
 
-def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-    assert x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1], (
-        f"x must be [M, {weight.shape[1]}] for weight {tuple(weight.shape)}, got {tuple(x.shape)}"
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None, gated: bool) -> None:
+    depth = weight.shape[1] * (2 if gated else 1)
+    assert x.dim() == 2 and weight.dim() == 2 and x.shape[1] == depth, (
+        f"x must be [M, {depth}] for weight {tuple(weight.shape)}"
+        f"{' (packed gate and up rows)' if gated else ''}, got {tuple(x.shape)}"
     )
     assert x.dtype == weight.dtype, f"x is {x.dtype}, weight is {weight.dtype}"
     assert x.stride(1) == 1 and weight.stride(1) == 1, "x and weight rows must be contiguous"
@@ -164,11 +190,13 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
 
 def linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, config: LinearConfig,
-    out: Tensor | None = None,
+    out: Tensor | None = None, gated: bool = False,
 ) -> Tensor:  # fmt: skip
-    """x [M, K] @ weight [N, K].T (+ bias [N]) -> out [M, N] in x's dtype."""
-    _check(x, weight, bias)
-    (num_rows, depth), num_cols = x.shape, weight.shape[0]
+    """x [M, K] @ weight [N, K].T (+ bias [N]) -> out [M, N] in x's dtype. gated (GEMV
+    only): x is [M, 2 * K] packed [gate | up] rows and the input is silu_and_mul(x)."""
+    _check(x, weight, bias, gated)
+    assert not gated or config.kind == "gemv", "only the GEMV takes gated input"
+    num_rows, (num_cols, depth) = x.shape[0], weight.shape
     if out is None:
         out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
     assert out.shape == (num_rows, num_cols) and out.dtype == x.dtype and out.stride(1) == 1
@@ -182,7 +210,8 @@ def linear(
         _gemv_kernel[grid](
             x, weight, bias_arg, out, num_cols, depth, x.stride(0), weight.stride(0),
             out.stride(0), BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-            EVEN_K=depth % config.block_k == 0, HAS_BIAS=bias is not None, **common,
+            EVEN_K=depth % config.block_k == 0, HAS_BIAS=bias is not None, GATED=gated,
+            **common,
         )  # fmt: skip
         return out
     k_per_split = triton.cdiv(triton.cdiv(depth, config.split_k), config.block_k) * config.block_k

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import triton
 from torch import Tensor
 
+from lodger.kernels.activation import silu_and_mul
 from lodger.kernels.linear import LinearConfig
 from lodger.kernels.linear import linear as triton_linear
 from lodger.kernels.reference import relative_error
@@ -132,13 +133,30 @@ def _key(weight: Tensor) -> tuple:
     return (weight.device, weight.dtype, weight.shape[0], weight.shape[1])
 
 
+def _chosen(x: Tensor, weight: Tensor) -> LinearConfig | None:
+    """What tuning chose for x's batch size against this weight (None: cuBLAS)."""
+    choice = _CHOICES.get(_key(weight))
+    if choice is None or x.stride(1) != 1:
+        return None
+    return choice.lookup(x.shape[0])
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x @ weight.T (+ bias) by whatever tuning chose for this shape and batch size."""
-    choice = _CHOICES.get(_key(weight))
-    config = None if choice is None else choice.lookup(x.shape[0])
-    if config is None or x.stride(1) != 1:
+    config = _chosen(x, weight)
+    if config is None:
         return F.linear(x, weight, bias)
     return triton_linear(x, weight, bias, config)
+
+
+def silu_and_mul_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """linear(silu_and_mul(x), weight, bias) for packed [gate | up] rows x; where tuning
+    chose the GEMV, the GEMV computes silu(gate) * up as it loads x (one launch, same
+    rounding), else silu_and_mul's kernel runs first."""
+    config = _chosen(x, weight)
+    if config is not None and config.kind == "gemv":
+        return triton_linear(x, weight, bias, config, gated=True)
+    return linear(silu_and_mul(x), weight, bias)
 
 
 @dataclass

@@ -21,6 +21,7 @@ __all__ = [
     "paged_attention",
     "rms_norm",
     "silu_and_mul",
+    "silu_and_mul_linear",
     "use_triton",
     "write_kv_cache",
 ]
@@ -110,6 +111,16 @@ def apply_rotary(
         v, k_cache, v_cache, slot_mapping = kv_cache
         reference.write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
     return q, k
+
+
+def silu_and_mul_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """linear(silu_and_mul(x), weight, bias) for packed [gate | up] rows x [T, 2 * I] (an
+    MLP's down projection): on CUDA one launch where tuning chose the GEMV for this batch."""
+    if use_triton(x):
+        from lodger.kernels import linear_tuning
+
+        return linear_tuning.silu_and_mul_linear(x, weight, bias)
+    return F.linear(reference.silu_and_mul(x), weight, bias)
 
 
 def silu_and_mul(x: Tensor) -> Tensor:

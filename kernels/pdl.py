@@ -6,11 +6,13 @@ kernel in the stream is launched while this one is still running: once every pro
 this grid has started (`gdc_launch_dependents`), the next grid's programs are placed on the
 SMs and wait in `gdc_wait` until this grid has finished and its memory writes are visible.
 
-Every lodger kernel begins with `await_prior_kernel(USE_PDL)`, before its first global load
-or store. So each kernel still sees all earlier kernels' writes, and cannot overwrite memory
-an earlier kernel still reads: kernel N+1 waits for kernel N, which waited for N-1 before
-doing anything. A kernel launched without PDL (cuBLAS, torch) simply starts after the
-previous one as usual, and waits as usual for the next; CUDA graphs keep the PDL edges.
+Every lodger kernel calls `await_prior_kernel(USE_PDL)` before its first global store and
+before it loads anything a kernel may write (weights, which only the loader writes, may load
+first: the GEMV's first weight chunk and the RMSNorm weight do). So each kernel still sees
+all earlier kernels' writes, and cannot overwrite memory an earlier kernel still reads:
+kernel N+1 waits for kernel N, which waited for N-1 before touching anything they share.
+A kernel launched without PDL (cuBLAS, torch) starts after the previous one as usual, and
+the next waits for it as usual; CUDA graphs keep the PDL edges.
 
 `LODGER_PDL=0` in the environment turns it off (A/B runs, or a driver that misbehaves).
 """

@@ -21,11 +21,13 @@ def _rms_norm_kernel(
     ADD_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One program per row: (optionally x + residual ->) RMSNorm(row) * weight."""
-    await_prior_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden_size
     dtype = out_ptr.dtype.element_ty
+    # No kernel writes the weight: it loads while the prior kernel finishes.
+    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    await_prior_kernel(USE_PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if ADD_RESIDUAL:
         residual = tl.load(residual_ptr + row * stride_residual + cols, mask=mask, other=0.0)
@@ -34,7 +36,6 @@ def _rms_norm_kernel(
         x = x.to(tl.float32)
     variance = tl.sum(x * x, axis=0) / hidden_size
     normed = (x * tl.rsqrt(variance + eps)).to(dtype).to(tl.float32)
-    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_out + cols, (weight * normed).to(dtype), mask=mask)
 
 

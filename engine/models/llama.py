@@ -92,7 +92,8 @@ class MLP(nn.Module):
         self.down_proj = Linear(inter, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+        down = self.down_proj  # its matmul takes silu_and_mul's input in one op
+        return ops.silu_and_mul_linear(self.gate_up_proj(x), down.weight, down.bias)
 
 
 class DecoderLayer(nn.Module):

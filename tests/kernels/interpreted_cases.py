@@ -188,6 +188,20 @@ def test_linear(dtype, config, num_rows, num_cols, depth):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", [c for c in LINEAR_CONFIGS if c.kind == "gemv"], ids=str)
+@pytest.mark.parametrize("num_rows,num_cols,depth", [(1, 40, 128), (2, 33, 200)])
+def test_gemv_with_silu_and_mul_input(dtype, config, num_rows, num_cols, depth):
+    """gated=True: the GEMV of silu(gate) * up is exactly silu_and_mul's kernel, then it."""
+    gate_up = torch.randn(num_rows, 2 * depth + 8).to(dtype)[:, : 2 * depth]  # strided rows
+    weight = (torch.randn(num_cols, depth) / depth**0.5).to(dtype)
+    bias = torch.randn(num_cols).to(dtype)
+    for b in (None, bias):
+        out = torch.full((num_rows, num_cols), float("nan"), dtype=dtype)
+        linear(gate_up, weight, b, config, out=out, gated=True)
+        assert torch.equal(out, linear(silu_and_mul(gate_up), weight, b, config))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul(dtype):
     x = torch.randn(3, 2 * 1100).to(dtype)  # two column chunks of 1024, masked tail
     out = silu_and_mul(x, out=torch.full((3, 1100), float("nan"), dtype=dtype))

@@ -262,6 +262,28 @@ def test_linear_configs_and_tuned_dispatch(num_rows):
         linear_tuning.clear()
 
 
+def test_silu_and_mul_fused_into_the_tuned_gemv():
+    """Where tuning chose the GEMV, ops.silu_and_mul_linear is one launch and equals
+    silu_and_mul then the same GEMV bit for bit (bf16, Llama-3-8B's down projection)."""
+    from lodger.kernels import linear_tuning
+    from lodger.kernels.activation import silu_and_mul
+    from lodger.kernels.linear import LinearConfig, linear
+
+    weight = (torch.randn(4096, 14336, device=DEVICE) / 120).to(BF16)
+    gate_up = torch.randn(1, 2 * 14336, device=DEVICE).to(BF16)
+    gemv = LinearConfig(kind="gemv", block_n=4, block_k=512, num_stages=4)
+    expected = linear(silu_and_mul(gate_up), weight, None, gemv)
+    linear_tuning.clear()
+    try:
+        linear_tuning._CHOICES[linear_tuning._key(weight)] = linear_tuning.ShapeChoice([1], [gemv])
+        assert torch.equal(ops.silu_and_mul_linear(gate_up, weight), expected)
+        two = torch.randn(2, 2 * 14336, device=DEVICE).to(BF16)  # untuned size: two launches
+        reference_two = torch.nn.functional.linear(silu_and_mul(two), weight)
+        assert torch.equal(ops.silu_and_mul_linear(two, weight), reference_two)
+    finally:
+        linear_tuning.clear()
+
+
 def test_tuning_never_chooses_a_wrong_kernel(monkeypatch):
     """A candidate whose output is off cuBLAS's is skipped however fast it is."""
     from lodger.kernels import linear_tuning
