@@ -50,7 +50,7 @@ def candidates(num_rows: int, num_cols: int, depth: int) -> list[LinearConfig]:
     if num_rows <= 2:
         found += [
             LinearConfig(kind="gemv", block_n=block_n, block_k=block_k, num_stages=stages)
-            for block_n in (4, 8, 16)
+            for block_n in (2, 4, 8, 16)
             for block_k in (512, 1024)
             for stages in (2, 4)
         ]
