@@ -19,12 +19,9 @@ import time
 from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
 
 from bench.shapes import SHAPES
-from lodger.kernels.linear import linear as triton_linear
-from lodger.kernels.linear_tuning import MAX_RELATIVE_ERROR, candidates, time_config
-from lodger.kernels.reference import relative_error
+from lodger.kernels.linear_tuning import candidates, time_candidates
 
 ROTATION_BYTES = 256e6
 PEAK_BYTES_PER_S = 3.0e12
@@ -65,20 +62,10 @@ def run_case(num_rows: int, num_cols: int, depth: int, top: int) -> dict:
     ]
     x = torch.randn(num_rows, depth, dtype=torch.bfloat16, device="cuda")
     moved = weight_bytes + 2 * num_rows * (depth + num_cols)
-    cublas = time_config(x, weights, None)
-    expected = F.linear(x, weights[0]).float()
-    timed, wrong = [], []
-    for config in candidates(num_rows, num_cols, depth):
-        try:
-            timed.append((time_config(x, weights, config), config))
-        except Exception as error:  # noqa: BLE001 - a config that fails to compile is reported
-            print(f"  {config}: {type(error).__name__}: {error}", file=sys.stderr)
-            continue
-        off = relative_error(triton_linear(x, weights[0], None, config).float(), expected)
-        if not off <= MAX_RELATIVE_ERROR[x.dtype]:  # what the tuner would refuse
-            wrong.append(asdict(config))
-            print(f"  WRONG {config}: relative error {off:.2e}", file=sys.stderr)
-    timed.sort(key=lambda item: item[0])
+    # the tuner's own timing and check; failures and wrong outputs are logged to stderr
+    times = time_candidates(x, weights, candidates(num_rows, num_cols, depth))
+    cublas, timed = times.cublas_s, sorted(times.timed, key=lambda item: item[0])
+    wrong = [asdict(config) for config, _ in times.wrong]
     return {
         "M": num_rows,
         "N": num_cols,

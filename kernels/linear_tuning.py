@@ -188,6 +188,47 @@ class TuneResult:
         )
 
 
+@dataclass
+class CandidateTimes:
+    """cuBLAS and the candidates timed on one x over a list of same-shape weights."""
+
+    cublas_s: float  # seconds per matmul
+    timed: list[tuple[float, LinearConfig]]  # (seconds, config) of those that match cuBLAS
+    wrong: list[tuple[LinearConfig, float]]  # (config, relative error) of those that do not
+
+
+def time_candidates(
+    x: Tensor, weights: Sequence[Tensor], configs: Sequence[LinearConfig]
+) -> CandidateTimes:
+    """Time cuBLAS and each config (time_config) and check each config's output against
+    cuBLAS's (MAX_RELATIVE_ERROR); a config that fails to compile or launch is skipped."""
+    num_cols, depth = weights[0].shape
+    cublas = time_config(x, weights, None)
+    expected = F.linear(x, weights[0]).float()
+    times = CandidateTimes(cublas, [], [])
+    for config in configs:
+        try:
+            seconds = time_config(x, weights, config)
+            got = triton_linear(x, weights[0], None, config).float()
+        except Exception as error:  # noqa: BLE001 - a launch this card cannot run is skipped
+            logger.warning("matmul %s failed at N=%d K=%d: %s", config, num_cols, depth, error)
+            continue
+        off = relative_error(got, expected)
+        if not off <= MAX_RELATIVE_ERROR[x.dtype]:  # NaN too
+            logger.warning(
+                "matmul %s at N=%d K=%d M=%d is off cuBLAS by %.2e; skipped",
+                config,
+                num_cols,
+                depth,
+                x.shape[0],
+                off,
+            )
+            times.wrong.append((config, off))
+            continue
+        times.timed.append((seconds, config))
+    return times
+
+
 def tune_weights(
     weights: Sequence[Tensor], batch_sizes: Sequence[int],
     make_candidates: Callable[[int, int, int], list[LinearConfig]] = candidates,
@@ -200,27 +241,10 @@ def tune_weights(
     results = []
     for batch_size in sorted(set(batch_sizes)):
         x = torch.randn(batch_size, depth, dtype=weights[0].dtype, device=weights[0].device)
-        cublas = time_config(x, weights, None)
-        expected = F.linear(x, weights[0]).float()
+        times = time_candidates(x, weights, make_candidates(batch_size, num_cols, depth))
+        cublas = times.cublas_s
         best, best_config = cublas, None
-        for config in make_candidates(batch_size, num_cols, depth):
-            try:
-                seconds = time_config(x, weights, config)
-                got = triton_linear(x, weights[0], None, config).float()
-            except Exception as error:  # noqa: BLE001 - a launch this card cannot run is skipped
-                logger.warning("matmul %s failed at N=%d K=%d: %s", config, num_cols, depth, error)
-                continue
-            off = relative_error(got, expected)
-            if not off <= MAX_RELATIVE_ERROR[x.dtype]:  # NaN too
-                logger.warning(
-                    "matmul %s at N=%d K=%d M=%d is off cuBLAS by %.2e; skipped",
-                    config,
-                    num_cols,
-                    depth,
-                    batch_size,
-                    off,
-                )
-                continue
+        for seconds, config in times.timed:
             if seconds < best and seconds < cublas * (1 - MIN_GAIN):
                 best, best_config = seconds, config
         choice.add(batch_size, best_config)
