@@ -13,11 +13,9 @@ Two kernels:
   float32 partial that `_split_k_sum_kernel` adds up (plus bias) into the output.
 - `_gemv_kernel`: one row of x per program column, no tensor cores: elementwise products
   summed in float32, for M of one or two rows. It can make its input from the row as it
-  loads it, one launch fewer each: silu(gate) * up of packed [gate | up] rows (the down
-  projection, rounded as silu_and_mul rounds it), or an RMSNorm of x + residual (the
-  projection after a norm: the row's sum of squares is gathered from the same chunks and
-  1 / RMS scales the dot product at the end, so the normalised row is never rounded to 16
-  bits as the RMSNorm kernel's output is).
+  loads it, rounded as the separate kernel would: silu(gate) * up of packed [gate | up]
+  rows (the down projection), or an RMSNorm of x + residual (the projection after a norm;
+  a pass over the whole row first finds its RMS), one launch fewer each.
 
 Accumulation is in float32; the output is rounded to x's dtype once, as cuBLAS does.
 Torch reference: F.linear.
@@ -130,27 +128,45 @@ def _load_chunk(ptrs, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _row_inv_rms(
+    x_row, residual_row, summed_row, K, eps, num_stored,
+    ADD_RESIDUAL: tl.constexpr, ROW_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """1 / RMS of one whole input row (x + residual with ADD_RESIDUAL, rounded like a 16-bit
+    add, its first num_stored elements stored to summed_row), as the RMSNorm kernel
+    computes it."""
+    offsets = tl.arange(0, ROW_BLOCK)
+    in_row = offsets < K
+    x = tl.load(x_row + offsets, mask=in_row, other=0.0).to(tl.float32)
+    if ADD_RESIDUAL:
+        residual = tl.load(residual_row + offsets, mask=in_row, other=0.0).to(tl.float32)
+        summed = (x + residual).to(x_row.dtype.element_ty)
+        tl.store(summed_row + offsets, summed, mask=offsets < num_stored)
+        x = summed.to(tl.float32)
+    return tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
+
+
+@triton.jit
 def _load_gemv_x(
-    x_row, residual_row, norm_weight_ptr, summed_row, offsets, mask, up_offset, num_stored,
+    x_row, residual_row, norm_weight_ptr, offsets, mask, up_offset, inv_rms,
     GATED: tl.constexpr, NORM: tl.constexpr, ADD_RESIDUAL: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    """One chunk (`offsets`) of a GEMV's input row in float32, and what the chunk adds to
-    the row's sum of squares (NORM only). GATED: silu(gate) * up of the packed [gate | up]
-    row (up_offset elements apart), rounded as silu_and_mul rounds it. NORM: h * norm
-    weight for h = x (+ residual, rounded like a 16-bit add, its elements below num_stored
-    stored to summed_row); the caller scales the dot product by 1 / RMS(h) at the end."""
+    """One chunk (`offsets`) of a GEMV's input row in float32. GATED: silu(gate) * up of the
+    packed [gate | up] row (up_offset elements apart), rounded as silu_and_mul rounds it.
+    NORM: weight * RMSNorm(x (+ residual)) given the row's inv_rms, rounded as the RMSNorm
+    kernel rounds it."""
     dtype = x_row.dtype.element_ty
     x = _load_chunk(x_row + offsets, mask, MASKED)
     if GATED:
         up = _load_chunk(x_row + up_offset + offsets, mask, MASKED)
-        return silu_mul(x, up, dtype), x
+        return silu_mul(x, up, dtype)
     if NORM:
         if ADD_RESIDUAL:
-            x = (x + _load_chunk(residual_row + offsets, mask, MASKED)).to(dtype)
-            tl.store(summed_row + offsets, x, mask=offsets < num_stored)
-            x = x.to(tl.float32)
-        return x * _load_chunk(norm_weight_ptr + offsets, mask, MASKED), x * x
-    return x, x
+            x = (x + _load_chunk(residual_row + offsets, mask, MASKED)).to(dtype).to(tl.float32)
+        normed = (x * inv_rms).to(dtype).to(tl.float32)
+        weight = _load_chunk(norm_weight_ptr + offsets, mask, MASKED)
+        return (weight * normed).to(dtype).to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -159,13 +175,12 @@ def _gemv_kernel(
     N, K, stride_xm, stride_wn, stride_om, stride_rm, stride_sm, eps,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr,
-    ADD_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr,
+    ADD_RESIDUAL: tl.constexpr, ROW_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (n tile, row): out[row, n tile] = sum over K of w[n tile, k] * x[row, k].
     GATED: x[row] is a packed [gate | up] row of 2 * K and the input is silu(gate) * up.
-    NORM: the input is norm_weight * RMSNorm(h) for h = x[row] (+ residual[row] with
-    ADD_RESIDUAL, which the row's first program stores to summed[row]); the row's sum of
-    squares is taken from the same chunks, and 1 / RMS scales the sum at the end."""
+    NORM: the input is norm_weight * RMSNorm(x[row] (+ residual[row] with ADD_RESIDUAL,
+    which the row's first program stores to summed[row]))."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row = tl.program_id(1).to(tl.int64)
     depth = tl.arange(0, BLOCK_K)
@@ -177,10 +192,14 @@ def _gemv_kernel(
     await_prior_kernel(USE_PDL)
     x_row = x_ptr + row * stride_xm
     residual_row = residual_ptr + row * stride_rm
-    summed_row = summed_ptr + row * stride_sm
-    num_stored = tl.where(tl.program_id(0) == 0, K, 0)  # one program stores x + residual
-    x, squares = _load_gemv_x(
-        x_row, residual_row, norm_weight_ptr, summed_row, depth, in_k, K, num_stored,
+    inv_rms = 1.0
+    if NORM:
+        inv_rms = _row_inv_rms(
+            x_row, residual_row, summed_ptr + row * stride_sm, K, eps,
+            tl.where(tl.program_id(0) == 0, K, 0), ADD_RESIDUAL, ROW_BLOCK,
+        )  # fmt: skip
+    x = _load_gemv_x(
+        x_row, residual_row, norm_weight_ptr, depth, in_k, K, inv_rms,
         GATED, NORM, ADD_RESIDUAL, True,
     )  # fmt: skip
     acc = w.to(tl.float32) * x[None, :]
@@ -188,24 +207,20 @@ def _gemv_kernel(
         w_ptrs += BLOCK_K
         offsets = k + depth
         if EVEN_K:
-            x, more_squares = _load_gemv_x(
-                x_row, residual_row, norm_weight_ptr, summed_row, offsets, in_k, K,
-                num_stored, GATED, NORM, ADD_RESIDUAL, False,
+            x = _load_gemv_x(
+                x_row, residual_row, norm_weight_ptr, offsets, in_k, K, inv_rms,
+                GATED, NORM, ADD_RESIDUAL, False,
             )  # fmt: skip
             w = tl.load(w_ptrs, mask=col_mask, other=0.0)
         else:
             in_k = offsets < K
-            x, more_squares = _load_gemv_x(
-                x_row, residual_row, norm_weight_ptr, summed_row, offsets, in_k, K,
-                num_stored, GATED, NORM, ADD_RESIDUAL, True,
+            x = _load_gemv_x(
+                x_row, residual_row, norm_weight_ptr, offsets, in_k, K, inv_rms,
+                GATED, NORM, ADD_RESIDUAL, True,
             )  # fmt: skip
             w = tl.load(w_ptrs, mask=col_mask & in_k[None, :], other=0.0)
         acc += w.to(tl.float32) * x[None, :]
-        if NORM:
-            squares += more_squares
     total = tl.sum(acc, axis=1)
-    if NORM:
-        total *= tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
     if HAS_BIAS:
         total += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=cols < N)
@@ -213,10 +228,9 @@ def _gemv_kernel(
 
 @dataclass(frozen=True)
 class InputNorm:
-    """An RMSNorm the GEMV applies to its input rows first: norm_weight * RMSNorm(x +
-    residual), with x + residual stored to `summed` (a tensor like x that is neither x nor
-    residual); residual None: norm_weight * RMSNorm(x). The normalised row is not rounded
-    to 16 bits as the RMSNorm kernel's output is."""
+    """An RMSNorm the GEMV applies to its input rows first, as the RMSNorm kernel would:
+    norm_weight * RMSNorm(x + residual), with x + residual stored to `summed` (a tensor
+    like x that is neither x nor residual); residual None: norm_weight * RMSNorm(x)."""
 
     weight: Tensor
     eps: float
@@ -290,7 +304,7 @@ def linear(
             BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             EVEN_K=depth % config.block_k == 0, HAS_BIAS=bias is not None, GATED=gated,
             NORM=norm is not None, ADD_RESIDUAL=norm is not None and norm.residual is not None,
-            **common,
+            ROW_BLOCK=triton.next_power_of_2(depth) if norm is not None else 1, **common,
         )  # fmt: skip
         return out
     k_per_split = triton.cdiv(triton.cdiv(depth, config.split_k), config.block_k) * config.block_k

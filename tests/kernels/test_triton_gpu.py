@@ -286,9 +286,9 @@ def test_silu_and_mul_fused_into_the_tuned_gemv():
 
 def test_rms_norm_fused_into_the_tuned_gemv():
     """Where tuning chose the GEMV, ops.add_rms_norm_linear is one launch: x + residual is
-    stored exactly as fused_add_rms_norm stores it, and the output is as close to the exact
-    result as the RMSNorm kernel then the same GEMV (bf16, Llama-3-8B's q/k/v projection;
-    the fused norm skips one rounding); elsewhere it is exactly those two launches."""
+    stored exactly as fused_add_rms_norm stores it, and the output matches the RMSNorm
+    kernel then the same GEMV (bf16, Llama-3-8B's q/k/v projection); elsewhere it is those
+    two launches."""
     from lodger.kernels import linear_tuning
     from lodger.kernels.linear import LinearConfig, linear
     from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
@@ -304,12 +304,8 @@ def test_rms_norm_fused_into_the_tuned_gemv():
         normed, expected_summed = fused_add_rms_norm(x[:1], residual[:1], norm_weight, 1e-5)
         assert torch.equal(summed, expected_summed)
         expected = linear(normed, weight, None, gemv)
-        exact = torch.nn.functional.linear(
-            reference.rms_norm(expected_summed.double(), norm_weight.double(), 1e-5),
-            weight.double(),
-        )
-        assert relative_error(out, exact) <= 1.2 * relative_error(expected, exact) + 1e-4
         torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+        assert (out == expected).float().mean() > 0.95, "the norm rounds as the kernel does"
         alone, same_x = ops.add_rms_norm_linear(x[:1], None, norm_weight, 1e-5, weight)
         assert torch.equal(same_x, x[:1])
         expected = linear(rms_norm(x[:1], norm_weight, 1e-5), weight, None, gemv)
