@@ -12,10 +12,7 @@ Two kernels:
   from L2 by the others); with SPLIT_K > 1 each program covers a slice of K and writes a
   float32 partial that `_split_k_sum_kernel` adds up (plus bias) into the output.
 - `_gemv_kernel`: one row of x per program column, no tensor cores: elementwise products
-  summed in float32, for M of one or two rows. It can make its input from the row as it
-  loads it, rounded as the separate kernel would: silu(gate) * up of packed [gate | up]
-  rows (the down projection), or an RMSNorm of x + residual (the projection after a norm;
-  a pass over the whole row first finds its RMS), one launch fewer each.
+  summed in float32, for M of one or two rows.
 
 Accumulation is in float32; the output is rounded to x's dtype once, as cuBLAS does.
 Torch reference: F.linear.
@@ -128,130 +125,51 @@ def _load_chunk(ptrs, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _row_inv_rms(
-    x_row, residual_row, summed_row, K, eps, num_stored,
-    ADD_RESIDUAL: tl.constexpr, ROW_BLOCK: tl.constexpr,
-):  # fmt: skip
-    """1 / RMS of one whole input row (x + residual with ADD_RESIDUAL, rounded like a 16-bit
-    add, its first num_stored elements stored to summed_row), as the RMSNorm kernel
-    computes it."""
-    offsets = tl.arange(0, ROW_BLOCK)
-    in_row = offsets < K
-    x = tl.load(x_row + offsets, mask=in_row, other=0.0).to(tl.float32)
-    if ADD_RESIDUAL:
-        residual = tl.load(residual_row + offsets, mask=in_row, other=0.0).to(tl.float32)
-        summed = (x + residual).to(x_row.dtype.element_ty)
-        tl.store(summed_row + offsets, summed, mask=offsets < num_stored)
-        x = summed.to(tl.float32)
-    return tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
-
-
-@triton.jit
-def _load_gemv_x(
-    x_row, residual_row, norm_weight_ptr, offsets, mask, up_offset, inv_rms,
-    GATED: tl.constexpr, NORM: tl.constexpr, ADD_RESIDUAL: tl.constexpr, MASKED: tl.constexpr,
-):  # fmt: skip
-    """One chunk (`offsets`) of a GEMV's input row in float32. GATED: silu(gate) * up of the
-    packed [gate | up] row (up_offset elements apart), rounded as silu_and_mul rounds it.
-    NORM: weight * RMSNorm(x (+ residual)) given the row's inv_rms, rounded as the RMSNorm
-    kernel rounds it."""
-    dtype = x_row.dtype.element_ty
-    x = _load_chunk(x_row + offsets, mask, MASKED)
+def _load_gemv_x(x_ptrs, mask, up_offset, GATED: tl.constexpr, MASKED: tl.constexpr):
+    """One chunk of a GEMV's input row in float32; GATED: silu(gate) * up of the packed
+    [gate | up] row (up_offset elements apart), rounded as silu_and_mul rounds it."""
+    x = _load_chunk(x_ptrs, mask, MASKED)
     if GATED:
-        up = _load_chunk(x_row + up_offset + offsets, mask, MASKED)
-        return silu_mul(x, up, dtype)
-    if NORM:
-        if ADD_RESIDUAL:
-            x = (x + _load_chunk(residual_row + offsets, mask, MASKED)).to(dtype).to(tl.float32)
-        normed = (x * inv_rms).to(dtype).to(tl.float32)
-        weight = _load_chunk(norm_weight_ptr + offsets, mask, MASKED)
-        return (weight * normed).to(dtype).to(tl.float32)
+        up = _load_chunk(x_ptrs + up_offset, mask, MASKED)
+        return silu_mul(x, up, x_ptrs.dtype.element_ty)
     return x
 
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr, residual_ptr, norm_weight_ptr, summed_ptr,
-    N, K, stride_xm, stride_wn, stride_om, stride_rm, stride_sm, eps,
+    x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_xm, stride_wn, stride_om,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr,
-    ADD_RESIDUAL: tl.constexpr, ROW_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (n tile, row): out[row, n tile] = sum over K of w[n tile, k] * x[row, k].
-    GATED: x[row] is a packed [gate | up] row of 2 * K and the input is silu(gate) * up.
-    NORM: the input is norm_weight * RMSNorm(x[row] (+ residual[row] with ADD_RESIDUAL,
-    which the row's first program stores to summed[row]))."""
+    GATED: x[row] is a packed [gate | up] row of 2 * K and the input is silu(gate) * up."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row = tl.program_id(1).to(tl.int64)
     depth = tl.arange(0, BLOCK_K)
     col_mask = cols[:, None] < N
+    x_ptrs = x_ptr + row * stride_xm + depth
     w_ptrs = w_ptr + cols[:, None].to(tl.int64) * stride_wn + depth[None, :]
     # No kernel writes the weights: the first chunk loads while the prior kernel finishes.
     in_k = depth < K
     w = tl.load(w_ptrs, mask=col_mask & in_k[None, :], other=0.0)
     await_prior_kernel(USE_PDL)
-    x_row = x_ptr + row * stride_xm
-    residual_row = residual_ptr + row * stride_rm
-    inv_rms = 1.0
-    if NORM:
-        inv_rms = _row_inv_rms(
-            x_row, residual_row, summed_ptr + row * stride_sm, K, eps,
-            tl.where(tl.program_id(0) == 0, K, 0), ADD_RESIDUAL, ROW_BLOCK,
-        )  # fmt: skip
-    x = _load_gemv_x(
-        x_row, residual_row, norm_weight_ptr, depth, in_k, K, inv_rms,
-        GATED, NORM, ADD_RESIDUAL, True,
-    )  # fmt: skip
+    x = _load_gemv_x(x_ptrs, in_k, K, GATED, True)
     acc = w.to(tl.float32) * x[None, :]
     for k in range(BLOCK_K, K, BLOCK_K):
+        x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-        offsets = k + depth
         if EVEN_K:
-            x = _load_gemv_x(
-                x_row, residual_row, norm_weight_ptr, offsets, in_k, K, inv_rms,
-                GATED, NORM, ADD_RESIDUAL, False,
-            )  # fmt: skip
+            x = _load_gemv_x(x_ptrs, in_k, K, GATED, False)
             w = tl.load(w_ptrs, mask=col_mask, other=0.0)
         else:
-            in_k = offsets < K
-            x = _load_gemv_x(
-                x_row, residual_row, norm_weight_ptr, offsets, in_k, K, inv_rms,
-                GATED, NORM, ADD_RESIDUAL, True,
-            )  # fmt: skip
+            in_k = (k + depth) < K
+            x = _load_gemv_x(x_ptrs, in_k, K, GATED, True)
             w = tl.load(w_ptrs, mask=col_mask & in_k[None, :], other=0.0)
         acc += w.to(tl.float32) * x[None, :]
     total = tl.sum(acc, axis=1)
     if HAS_BIAS:
         total += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=cols < N)
-
-
-@dataclass(frozen=True)
-class InputNorm:
-    """An RMSNorm the GEMV applies to its input rows first, as the RMSNorm kernel would:
-    norm_weight * RMSNorm(x + residual), with x + residual stored to `summed` (a tensor
-    like x that is neither x nor residual); residual None: norm_weight * RMSNorm(x)."""
-
-    weight: Tensor
-    eps: float
-    residual: Tensor | None = None
-    summed: Tensor | None = None
-
-    def check(self, x: Tensor) -> None:
-        assert self.weight.shape == (x.shape[1],) and self.weight.dtype == x.dtype, (
-            f"norm weight must be [{x.shape[1]}] {x.dtype}, got {tuple(self.weight.shape)} "
-            f"{self.weight.dtype}"
-        )
-        assert self.weight.is_contiguous()
-        assert (self.residual is None) == (self.summed is None), "residual needs summed"
-        for name in ("residual", "summed"):
-            tensor = getattr(self, name)
-            assert tensor is None or (
-                tensor.shape == x.shape and tensor.dtype == x.dtype and tensor.stride(1) == 1
-            ), f"{name} must be {tuple(x.shape)} {x.dtype} with contiguous rows"
-        if self.summed is not None:
-            for other in (x, self.residual):
-                assert self.summed.data_ptr() != other.data_ptr(), "summed must be a new tensor"
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None, gated: bool) -> None:
@@ -272,18 +190,12 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None, gated: bool) -> None:
 
 def linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, config: LinearConfig,
-    out: Tensor | None = None, gated: bool = False, norm: InputNorm | None = None,
+    out: Tensor | None = None, gated: bool = False,
 ) -> Tensor:  # fmt: skip
-    """x [M, K] @ weight [N, K].T (+ bias [N]) -> out [M, N] in x's dtype. GEMV only:
-    gated: x is [M, 2 * K] packed [gate | up] rows and the input is silu_and_mul(x);
-    norm: the input is the RMSNorm `norm` describes (norm.summed gets x + residual)."""
+    """x [M, K] @ weight [N, K].T (+ bias [N]) -> out [M, N] in x's dtype. gated (GEMV
+    only): x is [M, 2 * K] packed [gate | up] rows and the input is silu_and_mul(x)."""
     _check(x, weight, bias, gated)
-    assert (not gated and norm is None) or config.kind == "gemv", (
-        "only the GEMV takes gated or normed input"
-    )
-    assert not (gated and norm is not None), "gated and norm do not combine"
-    if norm is not None:
-        norm.check(x)
+    assert not gated or config.kind == "gemv", "only the GEMV takes gated input"
     num_rows, (num_cols, depth) = x.shape[0], weight.shape
     if out is None:
         out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
@@ -294,17 +206,12 @@ def linear(
     common = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     common.update(launch_options(x.device))
     if config.kind == "gemv":
-        residual = norm.residual if norm is not None and norm.residual is not None else x
-        summed = norm.summed if norm is not None and norm.summed is not None else out
         grid = (triton.cdiv(num_cols, config.block_n), num_rows)
         _gemv_kernel[grid](
-            x, weight, bias_arg, out, residual, norm.weight if norm is not None else weight,
-            summed, num_cols, depth, x.stride(0), weight.stride(0), out.stride(0),
-            residual.stride(0), summed.stride(0), norm.eps if norm is not None else 0.0,
-            BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            x, weight, bias_arg, out, num_cols, depth, x.stride(0), weight.stride(0),
+            out.stride(0), BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             EVEN_K=depth % config.block_k == 0, HAS_BIAS=bias is not None, GATED=gated,
-            NORM=norm is not None, ADD_RESIDUAL=norm is not None and norm.residual is not None,
-            ROW_BLOCK=triton.next_power_of_2(depth) if norm is not None else 1, **common,
+            **common,
         )  # fmt: skip
         return out
     k_per_split = triton.cdiv(triton.cdiv(depth, config.split_k), config.block_k) * config.block_k

@@ -25,10 +25,9 @@ import triton
 from torch import Tensor
 
 from lodger.kernels.activation import silu_and_mul
-from lodger.kernels.linear import InputNorm, LinearConfig
+from lodger.kernels.linear import LinearConfig
 from lodger.kernels.linear import linear as triton_linear
 from lodger.kernels.reference import relative_error
-from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
 
 logger = logging.getLogger(__name__)
 
@@ -158,24 +157,6 @@ def silu_and_mul_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tenso
     if config is not None and config.kind == "gemv":
         return triton_linear(x, weight, bias, config, gated=True)
     return linear(silu_and_mul(x), weight, bias)
-
-
-def add_rms_norm_linear(
-    x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
-    bias: Tensor | None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(linear(rms_norm(x + residual)), x + residual); residual None: (linear(rms_norm(x)),
-    x). Where tuning chose the GEMV, the GEMV normalises the row as it loads it (one
-    launch, the RMSNorm kernel's rounding), else the RMSNorm kernel runs first."""
-    config = _chosen(x, weight)
-    if config is not None and config.kind == "gemv":
-        summed = None if residual is None else torch.empty_like(x)
-        norm = InputNorm(norm_weight, eps, residual, summed)
-        return triton_linear(x, weight, bias, config, norm=norm), x if summed is None else summed
-    if residual is None:
-        return linear(rms_norm(x, norm_weight, eps), weight, bias), x
-    normed, summed = fused_add_rms_norm(x, residual, norm_weight, eps)
-    return linear(normed, weight, bias), summed
 
 
 @dataclass

@@ -15,7 +15,6 @@ from lodger.kernels.attention_metadata import AttentionMetadata
 
 __all__ = [
     "AttentionMetadata",
-    "add_rms_norm_linear",
     "apply_rotary",
     "fused_add_rms_norm",
     "linear",
@@ -90,24 +89,6 @@ def fused_add_rms_norm(
 
         return triton_rms_norm.fused_add_rms_norm(x, residual, weight, eps)
     return reference.fused_add_rms_norm(x, residual, weight, eps)
-
-
-def add_rms_norm_linear(
-    x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
-    bias: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(linear(rms_norm(x + residual)), x + residual), or with residual None
-    (linear(rms_norm(x)), x): a pre-norm block's norm and first projection. On CUDA one
-    launch where tuning chose the GEMV for this batch (it normalises each row as it loads
-    it), else the norm kernel, then linear()."""
-    if use_triton(x):
-        from lodger.kernels import linear_tuning
-
-        return linear_tuning.add_rms_norm_linear(x, residual, norm_weight, eps, weight, bias)
-    if residual is None:
-        return F.linear(reference.rms_norm(x, norm_weight, eps), weight, bias), x
-    normed, summed = reference.fused_add_rms_norm(x, residual, norm_weight, eps)
-    return F.linear(normed, weight, bias), summed
 
 
 def apply_rotary(

@@ -29,18 +29,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(size))
 
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
     def add_and_norm(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
         """(norm(x + residual), x + residual)."""
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
-
-    def add_norm_linear(
-        self, x: Tensor, residual: Tensor | None, linear: nn.Linear
-    ) -> tuple[Tensor, Tensor]:
-        """(linear(norm(x + residual)), x + residual); residual None: (linear(norm(x)), x).
-        One launch where the matmul is the tuned GEMV."""
-        return ops.add_rms_norm_linear(
-            x, residual, self.weight, self.eps, linear.weight, linear.bias
-        )
 
 
 class Linear(nn.Linear):
@@ -68,13 +62,11 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(
-        self, positions: Tensor, x: Tensor, residual: Tensor | None, norm: RMSNorm,
-        cos_sin: Tensor, kv_cache: KVCache, meta: AttentionMetadata,
-    ) -> tuple[Tensor, Tensor]:
-        """(attention output, residual stream) for the block's input x + residual, normed
-        by `norm` (fused into the q/k/v matmul)."""
+        self, positions: Tensor, x: Tensor, cos_sin: Tensor, kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> Tensor:
         num_tokens = x.shape[0]
-        qkv, residual = norm.add_norm_linear(x, residual, self.qkv_proj)
+        qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
@@ -89,7 +81,7 @@ class Attention(nn.Module):
         else:
             q, k = ops.apply_rotary(q, k, positions, cos_sin, kv_cache=cache_write)
         out = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
-        return self.o_proj(out.reshape(num_tokens, self.q_size)), residual
+        return self.o_proj(out.reshape(num_tokens, self.q_size))
 
 
 class MLP(nn.Module):
@@ -99,12 +91,9 @@ class MLP(nn.Module):
         self.gate_up_proj = Linear(config.hidden_size, 2 * inter, bias=config.mlp_bias)
         self.down_proj = Linear(inter, config.hidden_size, bias=config.mlp_bias)
 
-    def forward(self, x: Tensor, residual: Tensor, norm: RMSNorm) -> tuple[Tensor, Tensor]:
-        """(MLP output, residual stream) for the block's input x + residual, normed by
-        `norm` (fused into the gate/up matmul)."""
-        gate_up, residual = norm.add_norm_linear(x, residual, self.gate_up_proj)
+    def forward(self, x: Tensor) -> Tensor:
         down = self.down_proj  # its matmul takes silu_and_mul's input in one op
-        return ops.silu_and_mul_linear(gate_up, down.weight, down.bias), residual
+        return ops.silu_and_mul_linear(self.gate_up_proj(x), down.weight, down.bias)
 
 
 class DecoderLayer(nn.Module):
@@ -119,13 +108,16 @@ class DecoderLayer(nn.Module):
         self, positions: Tensor, x: Tensor, residual: Tensor | None, cos_sin: Tensor,
         kv_cache: KVCache, meta: AttentionMetadata,
     ) -> tuple[Tensor, Tensor]:
-        """One pre-norm block on x + residual (residual None: x alone, the first layer).
-        Returns (mlp output, residual stream before it); the caller (or the next layer's
-        norm) adds them."""
-        x, residual = self.self_attn(
-            positions, x, residual, self.input_layernorm, cos_sin, kv_cache, meta
-        )
-        return self.mlp(x, residual, self.post_attention_layernorm)
+        """One pre-norm block. Returns (mlp output, residual stream before it); the caller
+        (or the next layer's norm) adds them."""
+        if residual is None:
+            residual = x
+            x = self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm.add_and_norm(x, residual)
+        x = self.self_attn(positions, x, cos_sin, kv_cache, meta)
+        x, residual = self.post_attention_layernorm.add_and_norm(x, residual)
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):

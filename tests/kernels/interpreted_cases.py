@@ -21,7 +21,7 @@ from lodger.kernels import reference
 from lodger.kernels.activation import silu_and_mul
 from lodger.kernels.decode_attention import DecodeConfig, choose_num_splits, decode_attention
 from lodger.kernels.kv_cache_write import write_kv_cache
-from lodger.kernels.linear import InputNorm, LinearConfig, linear
+from lodger.kernels.linear import LinearConfig, linear
 from lodger.kernels.prefill_attention import PrefillConfig, prefill_attention
 from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
 from lodger.kernels.rotary import apply_rotary
@@ -199,30 +199,6 @@ def test_gemv_with_silu_and_mul_input(dtype, config, num_rows, num_cols, depth):
         out = torch.full((num_rows, num_cols), float("nan"), dtype=dtype)
         linear(gate_up, weight, b, config, out=out, gated=True)
         assert torch.equal(out, linear(silu_and_mul(gate_up), weight, b, config))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("config", [c for c in LINEAR_CONFIGS if c.kind == "gemv"], ids=str)
-@pytest.mark.parametrize("num_rows,num_cols,depth", [(1, 40, 128), (2, 33, 200)])
-def test_gemv_with_rms_norm_input(dtype, config, num_rows, num_cols, depth):
-    """norm=InputNorm: the GEMV of RMSNorm(x (+ residual)) matches the RMSNorm kernel then
-    the same GEMV, and stores x + residual exactly as fused_add_rms_norm does."""
-    x = torch.randn(num_rows, depth + 8).to(dtype)[:, :depth]  # strided rows
-    residual = torch.randn(num_rows, depth).to(dtype)
-    norm_weight = (1 + 0.1 * torch.randn(depth)).to(dtype)
-    weight = (torch.randn(num_cols, depth) / depth**0.5).to(dtype)
-    bias = torch.randn(num_cols).to(dtype)
-    tolerance = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0, "atol": 4e-3}
-    for b, res in ((None, None), (bias, residual)):
-        out = torch.full((num_rows, num_cols), float("nan"), dtype=dtype)
-        summed = None if res is None else nan_like(residual)
-        linear(x, weight, b, config, out=out, norm=InputNorm(norm_weight, 1e-6, res, summed))
-        if res is None:
-            normed = rms_norm(x, norm_weight, 1e-6)
-        else:
-            normed, expected_summed = fused_add_rms_norm(x, res, norm_weight, 1e-6)
-            assert torch.equal(summed, expected_summed)
-        torch.testing.assert_close(out, linear(normed, weight, b, config), **tolerance)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -284,41 +284,6 @@ def test_silu_and_mul_fused_into_the_tuned_gemv():
         linear_tuning.clear()
 
 
-def test_rms_norm_fused_into_the_tuned_gemv():
-    """Where tuning chose the GEMV, ops.add_rms_norm_linear is one launch: x + residual is
-    stored exactly as fused_add_rms_norm stores it, and the output matches the RMSNorm
-    kernel then the same GEMV (bf16, Llama-3-8B's q/k/v projection); elsewhere it is those
-    two launches."""
-    from lodger.kernels import linear_tuning
-    from lodger.kernels.linear import LinearConfig, linear
-    from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
-
-    weight = (torch.randn(6144, 4096, device=DEVICE) / 64).to(BF16)
-    norm_weight = (1 + 0.1 * torch.randn(4096, device=DEVICE)).to(BF16)
-    x, residual = (torch.randn(2, 4096, device=DEVICE).to(BF16) for _ in range(2))
-    gemv = LinearConfig(kind="gemv", block_n=4, block_k=512, num_stages=4)
-    linear_tuning.clear()
-    try:
-        linear_tuning._CHOICES[linear_tuning._key(weight)] = linear_tuning.ShapeChoice([1], [gemv])
-        out, summed = ops.add_rms_norm_linear(x[:1], residual[:1], norm_weight, 1e-5, weight)
-        normed, expected_summed = fused_add_rms_norm(x[:1], residual[:1], norm_weight, 1e-5)
-        assert torch.equal(summed, expected_summed)
-        expected = linear(normed, weight, None, gemv)
-        torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
-        assert (out == expected).float().mean() > 0.95, "the norm rounds as the kernel does"
-        alone, same_x = ops.add_rms_norm_linear(x[:1], None, norm_weight, 1e-5, weight)
-        assert torch.equal(same_x, x[:1])
-        expected = linear(rms_norm(x[:1], norm_weight, 1e-5), weight, None, gemv)
-        torch.testing.assert_close(alone, expected, rtol=2e-2, atol=2e-2)
-        # two rows are not tuned here: the RMSNorm kernel, then cuBLAS
-        out, summed = ops.add_rms_norm_linear(x, residual, norm_weight, 1e-5, weight)
-        normed, expected_summed = fused_add_rms_norm(x, residual, norm_weight, 1e-5)
-        assert torch.equal(summed, expected_summed)
-        assert torch.equal(out, torch.nn.functional.linear(normed, weight))
-    finally:
-        linear_tuning.clear()
-
-
 def test_tuning_never_chooses_a_wrong_kernel(monkeypatch):
     """A candidate whose output is off cuBLAS's is skipped however fast it is."""
     from lodger.kernels import linear_tuning
