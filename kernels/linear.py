@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from lodger.kernels.activation import silu_mul
-from lodger.kernels.pdl import await_prior_kernel, launch_options, prefetch_enabled, prefetch_to_l2
+from lodger.kernels.pdl import await_prior_kernel, launch_options
 
 
 @dataclass(frozen=True)
@@ -139,25 +139,17 @@ def _load_gemv_x(x_ptrs, mask, up_offset, GATED: tl.constexpr, MASKED: tl.conste
 def _gemv_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_xm, stride_wn, stride_om,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, PREFETCH: tl.constexpr,
-    LINES: tl.constexpr, LINE_ELEMS: tl.constexpr, USE_PDL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (n tile, row): out[row, n tile] = sum over K of w[n tile, k] * x[row, k].
-    GATED: x[row] is a packed [gate | up] row of 2 * K and the input is silu(gate) * up.
-    PREFETCH: the program's weight rows (LINES lines of LINE_ELEMS) are requested into
-    L2 before the wait for the prior kernel."""
+    GATED: x[row] is a packed [gate | up] row of 2 * K and the input is silu(gate) * up."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row = tl.program_id(1).to(tl.int64)
     depth = tl.arange(0, BLOCK_K)
     col_mask = cols[:, None] < N
     x_ptrs = x_ptr + row * stride_xm + depth
-    w_rows = cols[:, None].to(tl.int64) * stride_wn
-    w_ptrs = w_ptr + w_rows + depth[None, :]
-    # No kernel writes the weights: they are fetched while the prior kernel finishes.
-    if PREFETCH:
-        line_starts = tl.arange(0, LINES)[None, :] * LINE_ELEMS
-        in_rows = col_mask & (line_starts < K)
-        prefetch_to_l2(w_ptr + tl.where(in_rows, w_rows + line_starts, 0), PREFETCH)
+    w_ptrs = w_ptr + cols[:, None].to(tl.int64) * stride_wn + depth[None, :]
+    # No kernel writes the weights: the first chunk loads while the prior kernel finishes.
     in_k = depth < K
     w = tl.load(w_ptrs, mask=col_mask & in_k[None, :], other=0.0)
     await_prior_kernel(USE_PDL)
@@ -215,13 +207,10 @@ def linear(
     common.update(launch_options(x.device))
     if config.kind == "gemv":
         grid = (triton.cdiv(num_cols, config.block_n), num_rows)
-        line_elems = 128 // weight.element_size()
         _gemv_kernel[grid](
             x, weight, bias_arg, out, num_cols, depth, x.stride(0), weight.stride(0),
             out.stride(0), BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             EVEN_K=depth % config.block_k == 0, HAS_BIAS=bias is not None, GATED=gated,
-            PREFETCH=prefetch_enabled(common),
-            LINES=triton.next_power_of_2(triton.cdiv(depth, line_elems)), LINE_ELEMS=line_elems,
             **common,
         )  # fmt: skip
         return out

@@ -14,15 +14,7 @@ kernel N+1 waits for kernel N, which waited for N-1 before touching anything the
 A kernel launched without PDL (cuBLAS, torch) starts after the previous one as usual, and
 the next waits for it as usual; CUDA graphs keep the PDL edges.
 
-The call lets the next kernel launch before it waits (USE_PDL == EARLY): a short kernel
-waiting on a long one then already has its successor resident, so a GEMV two kernels down
-the chain is on the SMs while the latency-bound kernels before it run, and can pull its
-weights into L2 meanwhile (`prefetch_to_l2`). Letting the next kernel launch early changes
-nothing in what it sees: its wait still returns only when this whole grid has finished.
-
-`LODGER_PDL=0` in the environment turns PDL off, `LODGER_PDL=late` lets the next kernel
-launch only after the wait (A/B runs, or a driver that misbehaves); `LODGER_L2_PREFETCH=0`
-turns the GEMV's weight prefetch off.
+`LODGER_PDL=0` in the environment turns it off (A/B runs, or a driver that misbehaves).
 """
 
 from __future__ import annotations
@@ -34,32 +26,14 @@ import torch
 import triton
 import triton.language as tl
 
-OFF, LATE, EARLY = 0, 1, 2  # values of a kernel's USE_PDL
-
 
 @triton.jit
 def await_prior_kernel(USE_PDL: tl.constexpr):
-    """Under PDL: let the next kernel launch (EARLY) and wait for the previous kernel's
-    grid and its writes (LATE: the other way round). A no-op otherwise (and under the CPU
-    interpreter)."""
-    if USE_PDL == 2:
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-    elif USE_PDL == 1:
+    """Under PDL: wait for the previous kernel's grid (and its writes), then let the next
+    kernel launch. A no-op otherwise (and under the CPU interpreter)."""
+    if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def prefetch_to_l2(ptrs, PREFETCH: tl.constexpr):
-    """Ask L2 for the 128-byte lines at `ptrs` (every pointer valid) without waiting for
-    them: a kernel resident before its wait fetches what it will read, while the kernels
-    before it, which leave the memory bus idle, finish."""
-    if PREFETCH:
-        tl.inline_asm_elementwise(
-            "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-            dtype=tl.int32, is_pure=False, pack=1,
-        )  # fmt: skip
 
 
 def _triton_supports_pdl() -> bool:
@@ -71,29 +45,19 @@ def _triton_supports_pdl() -> bool:
 
 
 @functools.cache
-def _mode(device_index: int) -> int:
-    setting = os.environ.get("LODGER_PDL", "1")
-    if setting == "0" or os.environ.get("TRITON_INTERPRET") == "1":
-        return OFF
+def _enabled(device_index: int) -> bool:
+    if os.environ.get("LODGER_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
     major, _ = torch.cuda.get_device_capability(device_index)
-    if major < 9 or not _triton_supports_pdl():
-        return OFF
-    return LATE if setting == "late" else EARLY
+    return major >= 9 and _triton_supports_pdl()
 
 
-def launch_options(device: torch.device) -> dict[str, int | bool]:
+def launch_options(device: torch.device) -> dict[str, bool]:
     """Keyword arguments for a launch of a kernel that calls await_prior_kernel(USE_PDL):
-    USE_PDL for the kernel (OFF, LATE or EARLY), plus launch_pdl=True for Triton where
-    the card supports PDL."""
+    USE_PDL for the kernel, plus launch_pdl=True for Triton where the card supports PDL."""
     if device.type != "cuda":
-        return {"USE_PDL": OFF}
+        return {"USE_PDL": False}
     index = torch.cuda.current_device() if device.index is None else device.index
-    mode = _mode(index)
-    if mode == OFF:
-        return {"USE_PDL": OFF}
-    return {"USE_PDL": mode, "launch_pdl": True}
-
-
-def prefetch_enabled(options: dict[str, int | bool]) -> bool:
-    """Whether a kernel launched with `options` should prefetch before its wait."""
-    return options["USE_PDL"] != OFF and os.environ.get("LODGER_L2_PREFETCH", "1") != "0"
+    if not _enabled(index):
+        return {"USE_PDL": False}
+    return {"USE_PDL": True, "launch_pdl": True}
