@@ -40,11 +40,12 @@ class EngineConfig:
     # with a repetition/presence/frequency penalty in flight wait for it regardless.
     async_scheduling: bool = True
     # CUDA: at start-up, time cuBLAS against lodger's Triton matmul for each weight shape
-    # at each decode batch size up to 64 and use the faster (lodger.kernels.linear_tuning).
-    # Off by default: it adds start-up time (the timing plus Triton compiles of every
-    # candidate; ModelRunner.matmul_tuning_s) for a gain at small decode batches only.
-    # 16-bit weights only (float32 keeps cuBLAS).
-    tune_matmuls: bool = False
+    # at each decode batch size up to 64 and use the faster (lodger.kernels.linear_tuning;
+    # small-batch decode gains most, docs/benchmarks.md). The choices are kept in a file
+    # (lodger.kernels.tuning_cache), so only the first start on a card pays the timing and
+    # the Triton compiles of every candidate (ModelRunner.matmul_tuning_s; 10-30 s).
+    # 16-bit weights only (float32 keeps cuBLAS). False: cuBLAS everywhere, nothing timed.
+    tune_matmuls: bool = True
     # Seed of the engine's own random state (unseeded sampling).
     seed: int = 0
 

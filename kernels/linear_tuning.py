@@ -7,7 +7,8 @@ weights of that shape, one after another, so no weight is served from L2 that wo
 be in a real step. The fastest wins; the Triton kernel must beat cuBLAS by MIN_GAIN, or
 cuBLAS stays. `linear()` then dispatches by (device, dtype, N, K) and the smallest tuned
 batch size >= M; an untuned shape or a larger M (prefill) goes to cuBLAS. The engine tunes
-only with EngineConfig.tune_matmuls (off by default until its GPU end-to-end run passes).
+with EngineConfig.tune_matmuls (on by default); the choices are kept between runs in a file
+(lodger.kernels.tuning_cache), so a restart on the same card times nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lodger.kernels.activation import silu_and_mul
 from lodger.kernels.linear import LinearConfig
 from lodger.kernels.linear import linear as triton_linear
 from lodger.kernels.reference import relative_error
+from lodger.kernels.tuning_cache import CachedChoice, TuningCache, case_key, device_key
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +171,7 @@ class TuneResult:
     cublas_us: float
     best_us: float
     config: LinearConfig | None
+    cached: bool = False  # read from the tuning cache, not timed in this process
 
     def summary(self) -> str:
         """e.g. 'N=4096 K=4096 M=1: gemv n8 k512 s2 14.2 us (cuBLAS 16.3 us)'."""
@@ -185,6 +188,7 @@ class TuneResult:
         return (
             f"N={self.num_cols} K={self.depth} M={self.batch_size}: {chosen} "
             f"{self.best_us:.1f} us (cuBLAS {self.cublas_us:.1f} us)"
+            f"{' cached' if self.cached else ''}"
         )
 
 
@@ -254,33 +258,69 @@ def tune_weights(
     return results
 
 
-def tune_model_linears(model: torch.nn.Module, batch_sizes: Sequence[int]) -> list[TuneResult]:
+def tune_model_linears(
+    model: torch.nn.Module, batch_sizes: Sequence[int], cache: TuningCache | None = None
+) -> list[TuneResult]:
     """Tune every weight shape of the model's nn.Linear layers at the given batch sizes
-    (those this process has not tuned yet)."""
+    (those this process has not tuned yet), taking what `cache` (default: the tuning cache
+    file's group for the weights' device) already holds and adding what was timed to it."""
     start = time.perf_counter()
     by_shape: dict[tuple, list[Tensor]] = {}
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight.is_cuda:
             by_shape.setdefault(_key(module.weight), []).append(module.weight)
-    results = []
-    for key, weights in by_shape.items():
-        known = _CHOICES.get(key)
-        wanted = [b for b in batch_sizes if known is None or b not in known.batch_sizes]
-        if not wanted:  # another engine in this process tuned this shape already
-            continue
-        try:
-            results += tune_weights(weights, wanted)
-        except Exception:  # noqa: BLE001 - tuning must never stop the engine from starting
-            logger.exception("matmul tuning failed for N=%d K=%d; cuBLAS keeps it", *key[2:])
-            _CHOICES.pop(key, None)
+    if cache is None and by_shape:
+        cache = TuningCache(device_key(next(iter(by_shape))[0]))
+    results = tune_shapes(by_shape, batch_sizes, cache) if by_shape else []
     chosen = sum(r.config is not None for r in results)
     logger.info(
-        "tuned %d (matmul shape, batch size) cases in %.1f s: Triton for %d, cuBLAS for %d",
+        "tuned %d (matmul shape, batch size) cases in %.1f s (%d from the tuning cache): "
+        "Triton for %d, cuBLAS for %d",
         len(results),
         time.perf_counter() - start,
+        sum(r.cached for r in results),
         chosen,
         len(results) - chosen,
     )
+    return results
+
+
+def tune_shapes(
+    by_shape: dict[tuple, list[Tensor]], batch_sizes: Sequence[int], cache: TuningCache
+) -> list[TuneResult]:
+    """tune_model_linears for weights grouped by _key: cached cases are recorded as they
+    are, the others timed (tune_weights) and saved to the cache."""
+    results = []
+    for key, weights in by_shape.items():
+        _, dtype, num_cols, depth = key
+        known = _CHOICES.get(key)
+        wanted = [b for b in batch_sizes if known is None or b not in known.batch_sizes]
+        to_time = []
+        for batch_size in sorted(set(wanted)):
+            hit = cache.get(case_key(dtype, num_cols, depth, batch_size))
+            if hit is None:
+                to_time.append(batch_size)
+                continue
+            _CHOICES.setdefault(key, ShapeChoice()).add(batch_size, hit.config)
+            results.append(
+                TuneResult(num_cols, depth, batch_size, hit.cublas_us, hit.best_us, hit.config,
+                           cached=True)
+            )  # fmt: skip
+        if not to_time:  # all cached, or another engine in this process tuned this shape
+            continue
+        try:
+            timed = tune_weights(weights, to_time)
+        except Exception:  # noqa: BLE001 - tuning must never stop the engine from starting
+            logger.exception("matmul tuning failed for N=%d K=%d; cuBLAS keeps it", *key[2:])
+            _CHOICES.pop(key, None)
+            continue
+        results += timed
+        cache.save({
+            case_key(dtype, num_cols, depth, r.batch_size): CachedChoice(
+                r.config, r.cublas_us, r.best_us
+            )
+            for r in timed
+        })  # fmt: skip
     return results
 
 
