@@ -1,13 +1,16 @@
 """Skinny matmuls of the decode step: cuBLAS against lodger's Triton kernel (not a test).
 
     python -m bench.linear [--shapes qwen3-0.6b llama3-8b] [--budget 240] [--json PATH]
+                           [--max-rows 256]
 
 For each projection of the model (fused q/k/v, o, fused gate/up, down, LM head) and each
 decode batch size, times cuBLAS (F.linear) and every candidate launch configuration of
 lodger.kernels.linear the start-up tuner would try, as the step runs them: one CUDA graph
 of calls over rotating copies of the weight (over 256 MB in all, so nothing is read from
 L2 that a real step would read from memory). Prints per case cuBLAS, the best candidates
-and their bandwidth (weight + x + out bytes over time) against 3.0 TB/s.
+and their bandwidth (weight + x + out bytes over time) against 3.0 TB/s. `--max-rows`
+offers the tl.dot candidates above the tuner's MAX_TUNED_ROWS too (the 128- and 256-row
+cases have none otherwise).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import asdict
 import torch
 
 from bench.shapes import SHAPES
-from lodger.kernels.linear_tuning import candidates, time_candidates
+from lodger.kernels.linear_tuning import MAX_TUNED_ROWS, candidates, time_candidates
 
 ROTATION_BYTES = 256e6
 PEAK_BYTES_PER_S = 3.0e12
@@ -53,7 +56,7 @@ def projection_shapes(shape_name: str) -> dict[str, tuple[int, int]]:
     }
 
 
-def run_case(num_rows: int, num_cols: int, depth: int, top: int) -> dict:
+def run_case(num_rows: int, num_cols: int, depth: int, top: int, max_rows: int) -> dict:
     weight_bytes = num_cols * depth * 2
     copies = max(2, min(32, int(ROTATION_BYTES // weight_bytes) + 1))
     weights = [
@@ -63,7 +66,7 @@ def run_case(num_rows: int, num_cols: int, depth: int, top: int) -> dict:
     x = torch.randn(num_rows, depth, dtype=torch.bfloat16, device="cuda")
     moved = weight_bytes + 2 * num_rows * (depth + num_cols)
     # the tuner's own timing and check; failures and wrong outputs are logged to stderr
-    times = time_candidates(x, weights, candidates(num_rows, num_cols, depth))
+    times = time_candidates(x, weights, candidates(num_rows, num_cols, depth, max_rows))
     cublas, timed = times.cublas_s, sorted(times.timed, key=lambda item: item[0])
     wrong = [asdict(config) for config, _ in times.wrong]
     return {
@@ -87,6 +90,8 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=240.0, help="seconds; stop after")
     parser.add_argument("--top", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--max-rows", type=int, default=MAX_TUNED_ROWS,
+                        help="offer candidates up to this many rows (the tuner: %(default)s)")
     args = parser.parse_args()
     torch.manual_seed(0)
     start, records = time.perf_counter(), []
@@ -100,7 +105,7 @@ def main() -> int:
                 record = {
                     "shape": shape_name,
                     "proj": name,
-                    **run_case(num_rows, num_cols, depth, args.top),
+                    **run_case(num_rows, num_cols, depth, args.top, args.max_rows),
                 }
                 records.append(record)
                 best = record["best"][0] if record["best"] else {}

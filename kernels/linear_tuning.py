@@ -41,12 +41,15 @@ SHARED_MEMORY_BYTES = 220 * 1024  # an H100 block may have 227 KiB; pipelined ti
 MAX_TUNED_ROWS = 64  # above this cuBLAS won or tied every shape swept (docs/benchmarks.md)
 
 
-def candidates(num_rows: int, num_cols: int, depth: int) -> list[LinearConfig]:
+def candidates(
+    num_rows: int, num_cols: int, depth: int, max_rows: int = MAX_TUNED_ROWS
+) -> list[LinearConfig]:
     """Launch configurations worth timing for out [num_rows, num_cols], depth K (none
-    above MAX_TUNED_ROWS). From the H100 sweep (`python -m bench.linear`): the GEMV with
-    few rows per program and long K chunks won at one or two rows; between, the tl.dot
-    kernel with one M tile and a split K where there are few output tiles."""
-    if num_rows > MAX_TUNED_ROWS:
+    above max_rows). From the H100 sweep (`python -m bench.linear`): the GEMV with few
+    rows per program and long K chunks won at one or two rows; between, the tl.dot kernel
+    with one M tile and a split K where there are few output tiles. Above 64 rows (only
+    with a larger max_rows: the sweep's `--max-rows`), 128-row tiles on 8 warps too."""
+    if num_rows > max_rows:
         return []
     found: list[LinearConfig] = []
     if num_rows <= 2:
@@ -56,25 +59,29 @@ def candidates(num_rows: int, num_cols: int, depth: int) -> list[LinearConfig]:
             for block_k in (512, 1024)
             for stages in (2, 4)
         ]
-    block_m = min(64, max(16, triton.next_power_of_2(num_rows)))
-    for block_n in (32, 64, 128):
-        for block_k, stages in ((128, 4), (256, 3)):
-            tiles = triton.cdiv(num_rows, block_m) * triton.cdiv(num_cols, block_n)
-            staged_bytes = stages * (block_m + block_n) * block_k * 2  # x and w tiles
-            if staged_bytes > SHARED_MEMORY_BYTES:
-                continue
-            for split_k in (1, 2, 4):
-                if split_k > 1 and (tiles >= NUM_SMS_HINT or depth // split_k < block_k):
+    block_ms = [min(64, max(16, triton.next_power_of_2(num_rows)))]
+    if num_rows > 64:
+        block_ms.append(128)
+    for block_m in block_ms:
+        for block_n in (32, 64, 128):
+            for block_k, stages in ((128, 4), (256, 3)):
+                tiles = triton.cdiv(num_rows, block_m) * triton.cdiv(num_cols, block_n)
+                staged_bytes = stages * (block_m + block_n) * block_k * 2  # x and w tiles
+                if staged_bytes > SHARED_MEMORY_BYTES:
                     continue
-                found.append(
-                    LinearConfig(
-                        block_m=block_m,
-                        block_n=block_n,
-                        block_k=block_k,
-                        split_k=split_k,
-                        num_stages=stages,
+                for split_k in (1, 2, 4):
+                    if split_k > 1 and (tiles >= NUM_SMS_HINT or depth // split_k < block_k):
+                        continue
+                    found.append(
+                        LinearConfig(
+                            block_m=block_m,
+                            block_n=block_n,
+                            block_k=block_k,
+                            split_k=split_k,
+                            num_warps=8 if block_m == 128 else 4,
+                            num_stages=stages,
+                        )
                     )
-                )
     return found
 
 

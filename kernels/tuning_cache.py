@@ -45,7 +45,11 @@ class CachedChoice:
 
     def to_json(self) -> dict:
         config = None if self.config is None else dataclasses.asdict(self.config)
-        return {"config": config, "cublas_us": self.cublas_us, "best_us": self.best_us}
+        return {
+            "config": config,
+            "cublas_us": round(self.cublas_us, 2),
+            "best_us": round(self.best_us, 2),
+        }
 
     @classmethod
     def from_json(cls, value: dict) -> CachedChoice:
