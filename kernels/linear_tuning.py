@@ -276,9 +276,11 @@ def tune_model_linears(
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight.is_cuda:
             by_shape.setdefault(_key(module.weight), []).append(module.weight)
-    if cache is None and by_shape:
-        cache = TuningCache(device_key(next(iter(by_shape))[0]))
-    results = tune_shapes(by_shape, batch_sizes, cache) if by_shape else []
+    results = []
+    if by_shape:
+        if cache is None:
+            cache = TuningCache(device_key(next(iter(by_shape))[0]))
+        results = tune_shapes(by_shape, batch_sizes, cache)
     chosen = sum(r.config is not None for r in results)
     logger.info(
         "tuned %d (matmul shape, batch size) cases in %.1f s (%d from the tuning cache): "
