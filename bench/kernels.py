@@ -29,7 +29,11 @@ from triton.testing import do_bench
 from lodger.kernels import activation, kv_cache_write, rms_norm, rotary
 from lodger.kernels.attention_metadata import AttentionMetadata
 from lodger.kernels.decode_attention import DecodeConfig, choose_num_splits, decode_attention
-from lodger.kernels.prefill_attention import PrefillConfig, prefill_attention
+from lodger.kernels.prefill_attention import (
+    PrefillConfig,
+    attach_work_list,
+    prefill_attention,
+)
 
 PEAK_BYTES_PER_S = 3.0e12  # the goal's reference bandwidth (H100 SXM copy ceiling, measured)
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
@@ -198,6 +202,7 @@ PREFILL_CASES = {
 def prefill_case(name: str, config: PrefillConfig) -> dict:
     query_lens, seq_lens = PREFILL_CASES[name]
     q, k_cache, v_cache, meta = attention_inputs(query_lens, seq_lens)
+    attach_work_list(meta, q.shape[1], k_cache.shape[2], config)  # as the engine's inputs
     out = torch.empty_like(q)
     ms = median_ms(
         lambda: prefill_attention(q, k_cache, v_cache, meta, HEAD_DIM**-0.5, config, out=out)

@@ -6,8 +6,9 @@ step (their last scheduled token), samples, and queues one copy of the results t
 `PendingStep.result()` waits for that copy alone, so the host may launch the next step
 first (async scheduling: `previous` is the step still running, whose sampled ids on the
 device feed the new step's inputs). `execute(out)` is launch + result.
-On CUDA, decode-only batches replay CUDA graphs (engine/cuda_graphs.py) unless
-`enforce_eager`; the CPU path never imports that module.
+On CUDA, decode steps and steps of up to MAX_MIXED_GRAPH_TOKENS tokens with prompt tokens
+replay CUDA graphs (engine/cuda_graphs.py) unless `enforce_eager`; the CPU path never
+imports that module.
 """
 
 from __future__ import annotations
@@ -115,9 +116,17 @@ class ModelRunner:
         # for an unseeded request when it first samples); dropped when the request finishes
         self.generators: dict[str, int] = {}
         self.token_cache = TokenIdCache()  # int64 prompt/output ids for the penalties
+        # the Triton prefill kernel's tile (its work list comes with each step's inputs)
+        self.prefill_tile_queries = 0
+        if ops.use_triton(self.model.lm_head.weight):
+            from lodger.kernels.prefill_attention import queries_per_tile
+
+            self.prefill_tile_queries = queries_per_tile(
+                model_config.num_attention_heads, model_config.num_key_value_heads
+            )
         self.inputs = InputBuilder(
             config.block_size, self.max_model_len, config.max_num_seqs,
-            config.max_num_batched_tokens, self.device,
+            config.max_num_batched_tokens, self.device, self.prefill_tile_queries,
         )
         self.kv_cache: Tensor | None = None
         self.kv_caches: list[tuple[Tensor, Tensor]] = []
@@ -188,7 +197,8 @@ class ModelRunner:
         if ops.use_triton(self.kv_cache) and not self.config.enforce_eager:
             from lodger.engine.cuda_graphs import CudaGraphs
 
-            self.graphs = CudaGraphs(self.model, self.kv_caches, self.config, self.max_model_len)
+            self.graphs = CudaGraphs(self.model, self.kv_caches, self.config, self.max_model_len,
+                                     self.prefill_tile_queries)
             self.graphs.capture()
 
     # ---- one step ------------------------------------------------------------------------

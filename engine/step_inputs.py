@@ -24,7 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lodger.kernels.attention_metadata import AttentionMetadata
+from lodger.kernels.attention_metadata import (
+    AttentionMetadata,
+    max_prefill_tiles,
+    num_prefill_tiles,
+    plan_prefill_tiles,
+)
 
 
 @dataclass(slots=True)
@@ -60,23 +65,25 @@ def round_up(a: int, multiple: int) -> int:
 
 # The host buffer holds, in order: input ids [T], positions [T], slot mapping [T], logits
 # indices [N], deferred positions [D], deferred sources [D] (int64), query_start_loc
-# [B + 1], seq_lens [B], block tables [B, W] (int32).
+# [B + 1], seq_lens [B], block tables [B, W], the prefill kernel's work list [P, 2] (int32;
+# P = 0 in decode-only steps, which the decode kernel runs).
 # Each array starts ARRAY_ALIGNMENT bytes aligned, and W is a multiple of
 # TABLE_WIDTH_MULTIPLE: Triton specialises kernels on the 16-byte alignment of pointers and
 # on integers divisible by 16 (the table's row stride), so alignments that moved with the
 # batch's shape would compile a new kernel variant in the middle of serving.
-BUFFER_DTYPES = (np.int64,) * 6 + (np.int32,) * 3
+BUFFER_DTYPES = (np.int64,) * 6 + (np.int32,) * 4
 TORCH_DTYPES = {np.int64: torch.int64, np.int32: torch.int32}
 ARRAY_ALIGNMENT = 64
 TABLE_WIDTH_MULTIPLE = 16
 
 
 def buffer_layout(
-    num_tokens: int, num_reqs: int, num_samples: int, num_deferred: int, width: int
+    num_tokens: int, num_reqs: int, num_samples: int, num_deferred: int, width: int,
+    num_tiles: int = 0,
 ) -> tuple[list[tuple[int, int]], int]:
     """Byte spans (start, end) of the host buffer's arrays, and the bytes used in all."""
     lengths = (num_tokens, num_tokens, num_tokens, num_samples, num_deferred, num_deferred,
-               num_reqs + 1, num_reqs, num_reqs * width)
+               num_reqs + 1, num_reqs, num_reqs * width, 2 * num_tiles)
     spans, end = [], 0
     for length, dtype in zip(lengths, BUFFER_DTYPES, strict=True):
         start = round_up(end, ARRAY_ALIGNMENT)
@@ -86,13 +93,17 @@ def buffer_layout(
 
 
 class InputBuilder:
-    """Keeps per-request block-table rows and builds StepInputs for each step."""
+    """Keeps per-request block-table rows and builds StepInputs for each step.
+
+    prefill_tile_queries > 0: steps with prompt tokens carry the Triton prefill kernel's
+    work list for tiles of that many queries (AttentionMetadata.prefill_tiles)."""
 
     def __init__(
         self, block_size: int, max_model_len: int, max_num_seqs: int,
-        max_num_batched_tokens: int, device: torch.device,
+        max_num_batched_tokens: int, device: torch.device, prefill_tile_queries: int = 0,
     ):
         self.block_size = block_size
+        self.prefill_tile_queries = prefill_tile_queries
         self.device = device
         self.max_blocks_per_seq = cdiv(max_model_len, block_size)
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -103,8 +114,10 @@ class InputBuilder:
         self.row_num_blocks = np.zeros(max_num_seqs, dtype=np.int64)  # block ids in each row
         self.free_rows = list(range(max_num_seqs - 1, -1, -1))
         # int64: 3 per token + 3 per request; int32: block table + query_start_loc + seq_lens
+        max_tiles = (max_prefill_tiles(max_num_batched_tokens, max_num_seqs,
+                                       prefill_tile_queries) if prefill_tile_queries else 0)
         _, max_bytes = buffer_layout(max_num_batched_tokens, max_num_seqs, max_num_seqs,
-                                     max_num_seqs, table_width)
+                                     max_num_seqs, table_width, max_tiles)
         pin = device.type == "cuda"
         self.host_tensor = torch.empty(max_bytes, dtype=torch.uint8, pin_memory=pin)
         self.host_buffer = self.host_tensor.numpy()  # the same memory, written with numpy
@@ -223,8 +236,11 @@ class InputBuilder:
         width = round_up(cdiv(max_seq_len, self.block_size), TABLE_WIDTH_MULTIPLE)
         num_samples = len(sample_rows)
         num_deferred = len(deferred[0])
+        tile_queries = self.prefill_tile_queries if total > num_reqs else 0
+        num_tiles = num_prefill_tiles(num_new, tile_queries) if tile_queries else 0
 
-        spans, num_bytes = buffer_layout(total, num_reqs, num_samples, num_deferred, width)
+        spans, num_bytes = buffer_layout(total, num_reqs, num_samples, num_deferred, width,
+                                         num_tiles)
         assert num_bytes <= len(self.host_buffer), (
             f"{num_reqs} requests scheduled, more than max_num_seqs allows"
         )
@@ -233,8 +249,10 @@ class InputBuilder:
         host = [self.host_buffer[start:end].view(dtype)
                 for (start, end), dtype in zip(spans, BUFFER_DTYPES, strict=True)]
         (ids, positions, slots, logits_indices, deferred_positions, deferred_sources,
-         query_start_loc, seq_lens_out, tables) = host
+         query_start_loc, seq_lens_out, tables, tiles) = host
         tables = tables.reshape(num_reqs, width)
+        if tile_queries:
+            plan_prefill_tiles(num_new, tile_queries, tiles.reshape(num_tiles, 2))
         deferred_positions[:] = deferred[0]
         deferred_sources[:] = deferred[1]
 
@@ -269,6 +287,8 @@ class InputBuilder:
             block_tables=device[8].view(num_reqs, width),
             max_query_len=int(num_new.max()),
             max_seq_len=max_seq_len,
+            prefill_tiles=device[9].view(num_tiles, 2) if tile_queries else None,
+            prefill_tile_queries=tile_queries,
         )
         return StepInputs(
             input_ids=device[0],

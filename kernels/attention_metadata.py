@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import numpy as np
 from torch import Tensor
 
 
@@ -20,6 +21,11 @@ class AttentionMetadata:
     block_tables: Tensor  # [B, max_blocks] int32, block ids in order, padded with 0
     max_query_len: int  # max over b of the number of new tokens of sequence b
     max_seq_len: int  # max over b of seq_lens[b]
+    # The prefill kernel's work list (see plan_prefill_tiles): [P, 2] int32 rows (sequence,
+    # tile of prefill_tile_queries of its new tokens); rows with sequence -1 do nothing.
+    # None: the kernel plans for itself (one device -> host copy of query_start_loc).
+    prefill_tiles: Tensor | None = None
+    prefill_tile_queries: int = 0
 
     @property
     def decode_only(self) -> bool:
@@ -30,3 +36,25 @@ class AttentionMetadata:
     def num_seqs(self) -> int:
         """B, the number of sequences in the batch."""
         return self.seq_lens.shape[0]
+
+
+def num_prefill_tiles(query_lens: np.ndarray, tile_queries: int) -> int:
+    """Rows plan_prefill_tiles writes for these per-sequence new-token counts."""
+    return int(((query_lens + tile_queries - 1) // tile_queries).sum())
+
+
+def max_prefill_tiles(num_tokens: int, num_seqs: int, tile_queries: int) -> int:
+    """The most rows any batch of num_tokens new tokens in at most num_seqs sequences
+    needs: each sequence's last tile may be partial."""
+    return num_tokens // tile_queries + min(num_seqs, num_tokens)
+
+
+def plan_prefill_tiles(query_lens: np.ndarray, tile_queries: int, out: np.ndarray) -> None:
+    """Write the prefill kernel's work list into out [P, 2] int32 (P from
+    num_prefill_tiles): one row (sequence b, tile t) per tile_queries new tokens of b, the
+    last (longest-running, causal) tile of each sequence first."""
+    tiles = (query_lens + tile_queries - 1) // tile_queries
+    assert out.shape == (int(tiles.sum()), 2), (out.shape, int(tiles.sum()))
+    out[:, 0] = np.repeat(np.arange(len(query_lens)), tiles)
+    ends = np.cumsum(tiles)  # row after each sequence's tiles
+    out[:, 1] = np.repeat(ends, tiles) - 1 - np.arange(len(out))

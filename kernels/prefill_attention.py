@@ -4,20 +4,29 @@ Torch reference: lodger.kernels.reference.paged_attention.
 
 The new tokens' K/V are already in the cache (write_kv_cache runs first), so every key is
 read through the block table. Query i of sequence b sits at position
-seq_len - query_len + i and attends to positions <= its own. Program (b, kv_head, tile)
-stacks the GROUP q heads of kv_head over a run of query tokens into one tile of rows
-(row r = query r // GROUP, head r % GROUP), so each K/V tile is loaded once for the whole
-group. Mixed batches (decodes beside long chunks) run in one launch: tiles past a
-sequence's query_len exit at once.
+seq_len - query_len + i and attends to positions <= its own. Program (p, kv_head) takes
+row p of the step's work list (meta.prefill_tiles: sequence b, tile t; see
+attention_metadata.plan_prefill_tiles) and stacks the GROUP q heads of kv_head over query
+tokens t * Q .. t * Q + Q - 1 of b (Q = queries_per_tile) into one tile of rows (row r =
+query r // GROUP, head r % GROUP), so each K/V tile is loaded once for the whole group.
+Mixed batches (decodes beside long chunks) run in one launch of exactly the tiles they
+have. The grid depends only on the work list's length, never on the batch's shape: a CUDA
+graph captures it at its capacity, and rows past the step's tiles (sequence -1) exit.
 """
 
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from lodger.kernels.attention_metadata import AttentionMetadata
+from lodger.kernels.attention_metadata import (
+    AttentionMetadata,
+    num_prefill_tiles,
+    plan_prefill_tiles,
+)
 from lodger.kernels.decode_attention import (
     LOG2E,
     check_attention_args,
@@ -37,10 +46,38 @@ class PrefillConfig:
     num_stages: int = 3
 
 
+def _block_rows(group: int, config: PrefillConfig) -> int:
+    return max(config.block_rows, triton.next_power_of_2(group))
+
+
+def queries_per_tile(
+    num_q_heads: int, num_kv_heads: int, config: PrefillConfig | None = None
+) -> int:
+    """Query tokens per program for this head layout: the work list's tile size
+    (AttentionMetadata.prefill_tile_queries) that the launch with `config` expects."""
+    group = num_q_heads // num_kv_heads
+    return _block_rows(group, config or PrefillConfig()) // group
+
+
+def attach_work_list(
+    meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int,
+    config: PrefillConfig | None = None,
+) -> None:
+    """Plan meta's work list for launches with `config` from its query_start_loc (waits for
+    the device). The engine's step inputs carry one already; tests and benchmarks call this,
+    and the launch does when meta has none for its tile size."""
+    tile_queries = queries_per_tile(num_q_heads, num_kv_heads, config)
+    query_lens = np.diff(meta.query_start_loc.cpu().numpy().astype(np.int64))
+    tiles = np.empty((num_prefill_tiles(query_lens, tile_queries), 2), dtype=np.int32)
+    plan_prefill_tiles(query_lens, tile_queries, tiles)
+    meta.prefill_tiles = torch.from_numpy(tiles).to(meta.query_start_loc.device)
+    meta.prefill_tile_queries = tile_queries
+
+
 @triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
-    out_ptr,
+    tiles_ptr, out_ptr,
     scale_log2,
     stride_qt, stride_qh,
     stride_cache_block, stride_cache_slot, stride_cache_head,
@@ -51,9 +88,12 @@ def _prefill_kernel(
     DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     await_prior_kernel(USE_PDL)
-    seq = tl.program_id(0)
+    work = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
-    tile = tl.program_id(2)
+    seq = tl.load(tiles_ptr + 2 * work)
+    if seq < 0:  # past this step's tiles (a CUDA graph's grid is its capacity)
+        return
+    tile = tl.load(tiles_ptr + 2 * work + 1)
     queries_per_tile = BLOCK_ROWS // GROUP
     query_start = tl.load(query_start_ptr + seq)
     query_len = tl.load(query_start_ptr + seq + 1) - query_start
@@ -123,15 +163,20 @@ def prefill_attention(
     config = config or PrefillConfig()
     num_seqs, num_q_heads, num_kv_heads, head_dim = check_attention_args(q, k_cache, v_cache, meta)
     group = num_q_heads // num_kv_heads
-    block_rows = max(config.block_rows, triton.next_power_of_2(group))
+    block_rows = _block_rows(group, config)
     out = check_out(out, q)
     if num_seqs == 0 or q.shape[0] == 0:
         return out
-    queries_per_tile = block_rows // group
-    grid = (num_seqs, num_kv_heads, triton.cdiv(meta.max_query_len, queries_per_tile))
-    _prefill_kernel[grid](
+    if meta.prefill_tiles is None or meta.prefill_tile_queries != block_rows // group:
+        attach_work_list(meta, num_q_heads, num_kv_heads, config)
+    tiles = meta.prefill_tiles
+    assert tiles.dim() == 2 and tiles.shape[1] == 2 and tiles.dtype == torch.int32
+    assert tiles.is_contiguous() and tiles.device == q.device
+    if tiles.shape[0] == 0:
+        return out
+    _prefill_kernel[(tiles.shape[0], num_kv_heads)](
         q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-        out,
+        tiles, out,
         scale * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

@@ -71,6 +71,9 @@ def run_lodger(model_dir, dtype: str, enforce_eager: bool, tune_matmuls: bool = 
     params = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS,
                             min_tokens=NUM_NEW_TOKENS, logprobs=TOP_K)
     outputs = llm.generate(PROMPTS, params, use_tqdm=False)
+    graphs = llm.engine.runner.graphs
+    assert (graphs is None) == enforce_eager
+    assert enforce_eager or graphs.num_mixed_replays > 0, "the prompts' step replayed no graph"
     del llm  # give the card back for the next engine's KV-cache profiling
     gc.collect()
     torch.cuda.empty_cache()

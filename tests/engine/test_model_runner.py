@@ -338,3 +338,70 @@ def test_graph_inputs_padding_on_cpu(llama_dir):
     assert not cache_after_graph[:, :, 0].any(), "a padding row wrote into the null block"
     assert graphs.slot_mapping[3] == -1 and graphs.seq_lens[3] == 1
     assert int(graphs.block_tables[3].abs().sum()) == 0
+
+
+def test_token_buckets():
+    from lodger.engine.cuda_graphs import token_buckets
+
+    assert token_buckets(8192) == [16, 32, 64, 128, 256, 512]
+    assert token_buckets(100) == [16, 32, 64, 100]
+    assert token_buckets(8) == [8]
+
+
+def test_mixed_graph_inputs_padding_on_cpu(llama_dir):
+    """The static-buffer plumbing of the graphs for steps with prompt tokens, each 'graph'
+    replayed eagerly on the CPU: after a larger step, a smaller one's padding tokens,
+    sequences and work-list rows must be reset, and its real rows equal an eager step."""
+    from lodger.engine.cuda_graphs import CudaGraphs
+    from lodger.engine.step_inputs import InputBuilder
+
+    runner = make_runner(llama_dir, max_num_seqs=4)
+    runner.inputs = InputBuilder(BLOCK_SIZE, runner.max_model_len, 4, 64, runner.device,
+                                 prefill_tile_queries=4)
+    graphs = CudaGraphs(runner.model, runner.kv_caches, runner.config, runner.max_model_len,
+                        prefill_tile_queries=4)
+    assert graphs.token_buckets == [16, 32, 64] and graphs.max_mixed_seqs == 4
+
+    class EagerReplay:
+        def __init__(self, size):
+            self.size = size
+
+        def replay(self):
+            graphs.mixed_outputs[self.size].copy_(graphs._forward(self.size, mixed=True))
+
+    hidden_size = runner.model_config.hidden_size
+    for size in graphs.token_buckets:
+        graphs.mixed_graphs[size] = EagerReplay(size)
+        graphs.mixed_outputs[size] = torch.empty(size, hidden_size)
+    blocks = Blocks()
+    requests = [make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [9, 16, 6]))]
+    for request in requests:
+        blocks.cover(request, request.num_tokens)
+    with torch.inference_mode():
+        # request 1's prompt in two chunks: 13 tokens now, 3 in the next step
+        first = runner.prepare_inputs(scheduled(requests, [9, 13, 6]))  # 28 tokens: bucket 32
+        assert graphs.can_run(first)
+        graphs.run(first)
+        assert graphs.prefill_tiles[:3].min() >= 0 and graphs.slot_mapping[27] >= 0
+        # request 1's last chunk beside a fresh prompt of 5
+        for request, n in zip(requests, [9, 13, 6], strict=True):
+            request.num_computed_tokens = n
+        late = make_request("late", prompts(llama_dir, [5], seed=1)[0])
+        blocks.cover(late, late.num_tokens)
+        out = scheduled([requests[1], late], [3, 5])  # 8 tokens: bucket 16
+        inputs = runner.prepare_inputs(out)
+        assert graphs.can_run(inputs) and inputs.meta.prefill_tiles.shape[0] == 1 + 2
+        cache_before = runner.kv_cache.clone()
+        got = graphs.run(inputs)
+        cache_after_graph = runner.kv_cache.clone()
+        runner.kv_cache.copy_(cache_before)
+        inputs = runner.prepare_inputs(out)
+        expected = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
+    assert got.shape == expected.shape == (8, hidden_size)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cache_after_graph, runner.kv_cache, rtol=0, atol=1e-5)
+    assert not cache_after_graph[:, :, 0].any(), "a padding token wrote into the null block"
+    assert (graphs.slot_mapping[8:16] == -1).all() and (graphs.input_ids[8:16] == 0).all()
+    assert graphs.mixed_query_start_loc.tolist() == [0, 3, 8, 8, 8]
+    capacity = graphs._tile_capacity(16)
+    assert (graphs.prefill_tiles[3:capacity] == -1).all()

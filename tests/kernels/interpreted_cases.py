@@ -9,6 +9,7 @@ are poisoned with NaN before each launch.
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,10 +20,15 @@ from kernel_batches import make_batch, relative_error
 
 from lodger.kernels import reference
 from lodger.kernels.activation import silu_and_mul
+from lodger.kernels.attention_metadata import (
+    max_prefill_tiles,
+    num_prefill_tiles,
+    plan_prefill_tiles,
+)
 from lodger.kernels.decode_attention import DecodeConfig, choose_num_splits, decode_attention
 from lodger.kernels.kv_cache_write import write_kv_cache
 from lodger.kernels.linear import LinearConfig, linear
-from lodger.kernels.prefill_attention import PrefillConfig, prefill_attention
+from lodger.kernels.prefill_attention import PrefillConfig, prefill_attention, queries_per_tile
 from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
 from lodger.kernels.rotary import apply_rotary
 
@@ -274,6 +280,33 @@ def test_prefill_attention_group_not_dividing_tile():
     config = PrefillConfig(block_rows=16, block_n=16)
     out = prefill_attention(q, k_cache, v_cache, meta, 0.3, config, out=nan_like(q))
     check_attention(out, q, k_cache, v_cache, meta, 0.3, torch.float32, sum(query_lens))
+
+
+def test_prefill_attention_work_list_with_spare_rows():
+    """The engine's work list, padded to a CUDA graph's capacity with rows of sequence -1,
+    and sequences past the batch's (a graph's spare rows) that no tile names."""
+    query_lens, seq_lens = [13, 1, 6], [20, 9, 6]
+    q, k_cache, v_cache, meta = make_batch(
+        query_lens, seq_lens, num_heads=4, num_kv_heads=2, head_dim=32, block_size=4,
+        dtype=torch.float32,
+    )  # fmt: skip
+    config = PrefillConfig(block_rows=8, block_n=16)
+    tile_queries = queries_per_tile(4, 2, config)
+    assert tile_queries == 4
+    lens = np.array(query_lens)
+    capacity = max_prefill_tiles(sum(query_lens), 8, tile_queries)
+    tiles = np.full((capacity, 2), -1, dtype=np.int32)
+    used = num_prefill_tiles(lens, tile_queries)
+    assert used == 4 + 1 + 2 < capacity
+    plan_prefill_tiles(lens, tile_queries, tiles[:used])
+    meta.prefill_tiles = torch.from_numpy(tiles)
+    meta.prefill_tile_queries = tile_queries
+    out = prefill_attention(q, k_cache, v_cache, meta, 0.3, config, out=nan_like(q))
+    check_attention(out, q, k_cache, v_cache, meta, 0.3, torch.float32, sum(query_lens))
+    # a list that leaves a tile out leaves its rows unwritten: the kernel follows the list
+    tiles[0] = -1  # sequence 0's last tile: its queries 12..12
+    out = prefill_attention(q, k_cache, v_cache, meta, 0.3, config, out=nan_like(q))
+    assert out[12].isnan().all() and not out[:12].isnan().any() and not out[13:].isnan().any()
 
 
 def test_choose_num_splits_fills_the_gpu_without_tiny_splits():
