@@ -74,7 +74,7 @@ def run_lodger(model_dir, dtype: str, enforce_eager: bool, tune_matmuls: bool = 
     graphs = llm.engine.runner.graphs
     assert (graphs is None) == enforce_eager
     assert enforce_eager or graphs.num_mixed_replays > 0, "the prompts' step replayed no graph"
-    del llm  # give the card back for the next engine's KV-cache profiling
+    del llm, graphs  # give the card back for the next engine's KV-cache profiling
     gc.collect()
     torch.cuda.empty_cache()
     return [out.prompt_token_ids for out in outputs], [out.outputs[0] for out in outputs]
