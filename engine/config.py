@@ -33,7 +33,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     # Share full KV blocks between requests with the same prefix.
     enable_prefix_caching: bool = True
-    # Turn CUDA graphs off.
+    # Turn CUDA graphs off (on CUDA, decode steps of up to 512 requests and steps with
+    # prompt tokens of up to 512 tokens replay graphs; larger steps always run eagerly).
     enforce_eager: bool = False
     # Schedule and launch each step before the previous one's sampled tokens reach the host,
     # so the host's work between steps overlaps the device's (see EngineCore.step). Steps
