@@ -8,7 +8,7 @@ slot -1 so nothing is written to the cache, seq_len 1 over the null block 0).
 
 Steps with prompt tokens (a prefill, or a chunk beside decodes): one graph per token
 bucket (16, 32, ... up to MAX_MIXED_GRAPH_TOKENS). Eager, such a step costs the host a
-Python launch of every kernel of every layer (~20-40 ms on Llama-3-8B, several times the
+Python launch of every kernel of every layer (~20-50 ms on Llama-3-8B, several times the
 GPU's work for a short prompt); replayed, a few copies. The prefill kernel's grid is the
 bucket's work-list capacity (AttentionMetadata.prefill_tiles), so one graph serves any
 split of its tokens into sequences: tokens n..bucket belong to no sequence (slot -1), the

@@ -114,6 +114,7 @@ class InputBuilder:
         self.row_num_blocks = np.zeros(max_num_seqs, dtype=np.int64)  # block ids in each row
         self.free_rows = list(range(max_num_seqs - 1, -1, -1))
         # int64: 3 per token + 3 per request; int32: block table + query_start_loc + seq_lens
+        # + the prefill work list
         max_tiles = (max_prefill_tiles(max_num_batched_tokens, max_num_seqs,
                                        prefill_tile_queries) if prefill_tile_queries else 0)
         _, max_bytes = buffer_layout(max_num_batched_tokens, max_num_seqs, max_num_seqs,

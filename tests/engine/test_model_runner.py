@@ -293,6 +293,24 @@ def test_graph_buckets():
     assert batch_buckets(4096)[-2:] == [256, 512]
 
 
+def replay_against_eager(runner, graphs, out, num_tokens: int) -> None:
+    """Replay step `out` through `graphs`, then run it eagerly from the same cache: the
+    hidden states and the cache after each must agree, and padding writes nothing."""
+    inputs = runner.prepare_inputs(out)
+    assert graphs.can_run(inputs)
+    cache_before = runner.kv_cache.clone()
+    got = graphs.run(inputs)
+    cache_after_graph = runner.kv_cache.clone()
+    runner.kv_cache.copy_(cache_before)
+    inputs = runner.prepare_inputs(out)
+    expected = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
+    assert got.shape == expected.shape == (num_tokens, runner.model_config.hidden_size)
+    # a padded batch may round differently in the matmuls
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cache_after_graph, runner.kv_cache, rtol=0, atol=1e-5)
+    assert not cache_after_graph[:, :, 0].any(), "padding wrote into the null block"
+
+
 def test_graph_inputs_padding_on_cpu(llama_dir):
     """CudaGraphs' static-buffer plumbing, with each 'graph' replayed eagerly on the CPU:
     after a full bucket, a smaller batch's padding rows must be reset (no cache writes)
@@ -322,20 +340,8 @@ def test_graph_inputs_padding_on_cpu(llama_dir):
         graphs.run(runner.prepare_inputs(scheduled(requests, [1] * 4)))
         assert graphs.slot_mapping[3] >= 0  # the full bucket filled row 3
         requests[3].num_computed_tokens += 1  # as if its token is now cached
-        out = scheduled(requests[:3], [1, 1, 1])
-        inputs = runner.prepare_inputs(out)
-        assert graphs.can_run(inputs)
-        cache_before = runner.kv_cache.clone()
-        got = graphs.run(inputs)  # bucket 4: row 3 is padding now
-        cache_after_graph = runner.kv_cache.clone()
-        runner.kv_cache.copy_(cache_before)
-        inputs = runner.prepare_inputs(out)
-        expected = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
-    assert got.shape == expected.shape == (3, hidden_size)
-    # a batch of 4 rows vs 3 may round differently in the matmuls
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(cache_after_graph, runner.kv_cache, rtol=0, atol=1e-5)
-    assert not cache_after_graph[:, :, 0].any(), "a padding row wrote into the null block"
+        # bucket 4: row 3 is padding now
+        replay_against_eager(runner, graphs, scheduled(requests[:3], [1, 1, 1]), 3)
     assert graphs.slot_mapping[3] == -1 and graphs.seq_lens[3] == 1
     assert int(graphs.block_tables[3].abs().sum()) == 0
 
@@ -388,19 +394,9 @@ def test_mixed_graph_inputs_padding_on_cpu(llama_dir):
             request.num_computed_tokens = n
         late = make_request("late", prompts(llama_dir, [5], seed=1)[0])
         blocks.cover(late, late.num_tokens)
-        out = scheduled([requests[1], late], [3, 5])  # 8 tokens: bucket 16
-        inputs = runner.prepare_inputs(out)
-        assert graphs.can_run(inputs) and inputs.meta.prefill_tiles.shape[0] == 1 + 2
-        cache_before = runner.kv_cache.clone()
-        got = graphs.run(inputs)
-        cache_after_graph = runner.kv_cache.clone()
-        runner.kv_cache.copy_(cache_before)
-        inputs = runner.prepare_inputs(out)
-        expected = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
-    assert got.shape == expected.shape == (8, hidden_size)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(cache_after_graph, runner.kv_cache, rtol=0, atol=1e-5)
-    assert not cache_after_graph[:, :, 0].any(), "a padding token wrote into the null block"
+        # 8 tokens: bucket 16, work list of 1 + 2 tiles
+        replay_against_eager(runner, graphs, scheduled([requests[1], late], [3, 5]), 8)
+    assert (graphs.prefill_tiles[:3] >= 0).all()
     assert (graphs.slot_mapping[8:16] == -1).all() and (graphs.input_ids[8:16] == 0).all()
     assert graphs.mixed_query_start_loc.tolist() == [0, 3, 8, 8, 8]
     capacity = graphs._tile_capacity(16)
