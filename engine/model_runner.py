@@ -249,7 +249,10 @@ class ModelRunner:
             meta = SamplingMetadata.from_requests(
                 requests, self.device, self.generators, self.token_cache, num_output_tokens
             )
-            logits = self.model.compute_logits(hidden[inputs.logits_indices])
+            # every row samples (a decode step of sampling requests): rows in order, no gather
+            rows = (hidden if len(sample_rows) == inputs.num_tokens
+                    else hidden[inputs.logits_indices])
+            logits = self.model.compute_logits(rows)
             sampled = self.sampler(logits, meta)
             host_values, copied = self._copy_to_host(_pack(sampled))
         return PendingStep(
