@@ -201,6 +201,20 @@ def test_profile_lodger_times_the_step_phases(tmp_path):
     assert windows[0] == 3 and num_launched + 3 + sum(windows) <= profile["num_steps"]
 
 
+def test_prefill_latency_times_each_request_and_profiles_one(tmp_path, capsys):
+    from bench.prefill_latency import main
+
+    out = tmp_path / "prefill.json"
+    assert main(["--shape", "tiny", "--lengths", "5,12", "--repeats", "2", "--cprofile", "3",
+                 "--checkpoints", str(tmp_path), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [r["prompt_tokens"] for r in record["results"]] == [5, 12]
+    for result in record["results"]:
+        assert len(result["wall_ms"]) == 2 and min(result["wall_ms"]) > 0
+        assert result["profiled"]["steps"] >= 1  # the profiled request ran to its end
+    assert "Ordered by: internal time" in capsys.readouterr().out  # the cProfile table
+
+
 def test_hf_cb_cache_plan_fits_beside_llama3_8b():
     """The H100 figures of the failed run: 16 GB of weights, ~62 GiB free after loading."""
     from types import SimpleNamespace
