@@ -14,20 +14,31 @@
 #
 #   LODGER_COMMIT=<hash> BASELINE_COMMIT=<hash>-pdl-off BASELINE_ENV=LODGER_PDL=0 \
 #       bash bench/run_gpu_ab.sh . --shape llama3-8b --workloads batch1
+#
+# BENCH=serving runs bench.serving instead (records in $OUT/serving.jsonl; carry .whl):
+#
+#   BENCH=serving LODGER_COMMIT=<new> BASELINE_COMMIT=<old> bash bench/run_gpu_ab.sh \
+#       .baseline --shape qwen3-0.6b --workload fixed-128-128-400 --rates 16,64
 set -uo pipefail
 baseline=${1:?usage: bash bench/run_gpu_ab.sh BASELINE_DIR [bench.throughput args...]}
 shift
 root=$(pwd)
+bench=${BENCH:-throughput}
 checkpoints=/tmp/lodger-bench-checkpoints
-args=("$@" --engines lodger --checkpoints "$checkpoints")
+args=("$@" --checkpoints "$checkpoints")
+records=serving.jsonl
+if [ "$bench" = throughput ]; then
+  args+=(--engines lodger)
+  records=offline.jsonl
+fi
 rc=0
 (
   cd "$baseline" && export LODGER_COMMIT=${BASELINE_COMMIT:-baseline} ${BASELINE_ENV:-} &&
     source bench/gpu_env.sh &&
-    python3 -m bench.throughput "${args[@]}" --out "$out/offline.jsonl"
+    python3 -m "bench.$bench" "${args[@]}" --out "$out/$records"
 ) 2>&1 | tee -a "${OUT:-/tmp/lodger-gpu}/ab.log" || rc=1
 (
   cd "$root" && source bench/gpu_env.sh &&
-    python3 -m bench.throughput "${args[@]}" --out "$out/offline.jsonl"
+    python3 -m "bench.$bench" "${args[@]}" --out "$out/$records"
 ) 2>&1 | tee -a "${OUT:-/tmp/lodger-gpu}/ab.log" || rc=1
 exit $rc
