@@ -69,16 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(0)
     results = []
     for length in lengths:
+        # fresh prompts throughout: a repeated one would hit the prefix cache
         prompts = [[rng.randrange(vocab_size) for _ in range(length)]
-                   for _ in range(args.repeats + 1)]
+                   for _ in range(args.repeats + 2)]
         walls_ms = [round(1000 * one_request(core, f"l{length}-{i}", p, params), 3)
-                    for i, p in enumerate(prompts[:-1])]
-        core.add_request(f"l{length}-profiled", prompts[-1], params)
+                    for i, p in enumerate(prompts[: args.repeats])]
+        core.add_request(f"l{length}-profiled", prompts[-2], params)
         window = profile_window(core, num_steps=10**6)
         results.append({"prompt_tokens": length, "wall_ms": walls_ms, "profiled": window})
         if args.cprofile:
             profiler = cProfile.Profile()
-            profiler.runcall(one_request, core, f"l{length}-cprofile", prompts[0], params)
+            profiler.runcall(one_request, core, f"l{length}-cprofile", prompts[-1], params)
             text = io.StringIO()
             pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.cprofile)
             print(text.getvalue(), flush=True)
