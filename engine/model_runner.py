@@ -109,7 +109,8 @@ class ModelRunner:
         self.model = load_model(config.model, model_config, self.device, dtype, self.max_model_len)
         self.matmul_tuning: list = []  # linear_tuning.TuneResult of each case tuned here
         self.matmul_tuning_s = 0.0  # start-up seconds the tuning took
-        if config.tune_matmuls and ops.use_triton(self.model.lm_head.weight):
+        triton_ops = ops.use_triton(self.model.lm_head.weight)
+        if config.tune_matmuls and triton_ops:
             self._tune_matmuls()
         self.sampler = Sampler()
         # request id -> seed of its random stream (SamplingMetadata.from_requests draws one
@@ -118,7 +119,7 @@ class ModelRunner:
         self.token_cache = TokenIdCache()  # int64 prompt/output ids for the penalties
         # the Triton prefill kernel's tile (its work list comes with each step's inputs)
         self.prefill_tile_queries = 0
-        if ops.use_triton(self.model.lm_head.weight):
+        if triton_ops:
             from lodger.kernels.prefill_attention import queries_per_tile
 
             self.prefill_tile_queries = queries_per_tile(
