@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from bench.jit_watch import JitWatch
 from bench.records import offline_record
 from bench.workloads import Workload, warmup_request
 
@@ -26,9 +27,10 @@ def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> lis
                   for m in workload.max_tokens]
         prompts = [{"prompt_token_ids": p} for p in workload.prompts]
         before = llm.engine.stats()
-        start = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-        elapsed = time.perf_counter() - start
+        with JitWatch().watching() as jit:
+            start = time.perf_counter()
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+            elapsed = time.perf_counter() - start
         after = llm.engine.stats()
         produced = sum(len(o.outputs[0].token_ids) for o in outputs)
         assert produced == workload.num_output_tokens, (
@@ -40,6 +42,7 @@ def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> lis
             "num_steps": after.num_steps - before.num_steps,
             "num_preemptions": after.num_preemptions - before.num_preemptions,
             "num_kv_blocks": after.num_blocks,
+            **jit.summary(),  # Triton kernels built inside the timed part (should be none)
         }
         if tuning:
             extra["matmul_tuning"] = tuning

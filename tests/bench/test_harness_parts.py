@@ -294,3 +294,24 @@ def test_throughput_budget_skips_engines_once_spent(tmp_path, monkeypatch):
     throughput.main(["--tiny", "--out", str(out), "--timeout", "30", "--budget", "100"])
     assert [engine for engine, _ in calls] == ["lodger", "hf-static", "hf-cb"]
     assert all(0 < limit <= 30 for _, limit in calls)
+
+
+def test_jit_watch_counts_builds_through_tritons_hooks():
+    from bench.jit_watch import JitWatch, _hook_knobs
+
+    runtime = _hook_knobs()
+    if runtime is None:
+        assert JitWatch().summary() == {"jit_builds": None}
+        pytest.skip("this Triton has no JIT hooks (triton.knobs.runtime)")
+    saved = runtime.jit_cache_hook, runtime.jit_post_compile_hook
+    with JitWatch().watching() as jit:
+        # what Triton's JIT calls around a build, by keyword (triton/runtime/jit.py)
+        assert runtime.jit_cache_hook(key=("a", 16), repr="kernel_a[...](n: i32)") is False
+        assert runtime.jit_cache_hook(key=("b", 1), repr="kernel_b[...](n: constexpr)") is False
+        runtime.jit_post_compile_hook(key=("b", 1), repr="kernel_b[...](n: constexpr)")
+        runtime.jit_post_compile_hook(key=("a", 16), repr="kernel_a[...](n: i32)")
+    assert (runtime.jit_cache_hook, runtime.jit_post_compile_hook) == saved  # restored
+    summary = jit.summary()
+    assert summary["jit_builds"] == 2 and summary["jit_build_s"] >= 0
+    assert [b.kernel for b in jit.builds] == ["kernel_b[...](n: constexpr)",
+                                              "kernel_a[...](n: i32)"]
