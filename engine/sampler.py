@@ -341,14 +341,20 @@ def _upload_rows(
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One copy of the per-row values: ([3, N] int64 seeds, steps, top_k; [6, N] float32
     temperature, top_p, min_p, presence, frequency, repetition). Greedy rows get neutral
-    sampling values (temperature 0, the filters off)."""
+    sampling values (temperature 0, the filters off).
+
+    Each row starts 16-byte aligned whatever N is (rows padded to a multiple of 4 columns):
+    the Triton kernels reading them are specialized on their pointers' alignment, and an
+    alignment that changed with N's parity built another variant inside a serving step."""
     num_rows = len(params)
-    array = np.empty((6, num_rows), dtype=np.int64)  # 3 rows of ints, then the 6 float rows
-    floats = array[3:].view(np.float32).reshape(6, num_rows)
-    array[0] = [((seed + 2**63) & _MASK64) - 2**63 for seed in row_seeds]  # as int64 bits
-    array[1] = steps
+    width = -(-num_rows // 4) * 4
+    array = np.zeros((6, width), dtype=np.int64)  # 3 rows of ints, then the 6 float rows
+    ints = array[:3, :num_rows]
+    floats = array[3:].view(np.float32).reshape(6, width)[:, :num_rows]
+    ints[0] = [((seed + 2**63) & _MASK64) - 2**63 for seed in row_seeds]  # as int64 bits
+    ints[1] = steps
     rows = list(zip(params, greedy, strict=True))
-    array[2] = [0 if g else p.top_k for p, g in rows]
+    ints[2] = [0 if g else p.top_k for p, g in rows]
     floats[0] = [0.0 if g else p.temperature for p, g in rows]
     floats[1] = [1.0 if g else p.top_p for p, g in rows]
     floats[2] = [0.0 if g else p.min_p for p, g in rows]
@@ -356,7 +362,8 @@ def _upload_rows(
     floats[4] = [p.frequency_penalty for p in params]
     floats[5] = [p.repetition_penalty for p in params]
     on_device = _to_device(array, device, host_buffers)
-    return on_device[:3], on_device[3:].view(torch.float32).view(6, num_rows)
+    device_floats = on_device[3:].view(torch.float32).view(6, width)
+    return on_device[:3, :num_rows], device_floats[:, :num_rows]
 
 
 def _to_device(array: np.ndarray, device: torch.device, host_buffers: list[Tensor]) -> Tensor:

@@ -53,7 +53,10 @@ class LinearConfig:
         assert self.split_k >= 1 and self.num_warps >= 1 and self.num_stages >= 1
 
 
-@triton.jit
+# M (the batch's rows) is not specialized: Triton would build another variant for each
+# kernel the first time M is 1 or a multiple of 16 or neither, which on a server means a
+# compile inside a step (the LM head runs outside the CUDA graphs at every sampled-row count).
+@triton.jit(do_not_specialize=["M"])
 def _matmul_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, k_per_split,
     stride_xm, stride_wn, stride_om, stride_split,
@@ -99,7 +102,7 @@ def _matmul_kernel(
         tl.store(out, acc, mask=out_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _split_k_sum_kernel(
     partial_ptr, bias_ptr, out_ptr, M, N, stride_split, stride_om,
     SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr,

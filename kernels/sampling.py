@@ -175,7 +175,7 @@ def _sample_kernel(
 MAX_SPLITS = 64
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # one variant whatever the split count
 def _best_split_kernel(
     value_ptr, index_ptr, out_ptr, num_splits, SPLITS: tl.constexpr, USE_PDL: tl.constexpr
 ):

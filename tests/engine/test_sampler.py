@@ -384,6 +384,30 @@ def test_metadata_skips_unused_work():
     assert fast.scales_logits and not fast.processes_logits  # the fused draw alone on CUDA
 
 
+@pytest.mark.parametrize("num_rows", [1, 2, 3, 5, 6, 7])
+def test_per_row_values_start_16_byte_aligned_whatever_the_batch(num_rows):
+    """The kernels are specialized on pointer alignment: an offset that followed the batch
+    size's parity made Triton build a new sampling kernel variant mid-serving."""
+    params = [SamplingParams(temperature=0.5 + i, top_k=i + 1, top_p=0.9, min_p=0.1,
+                             presence_penalty=0.1 * i, frequency_penalty=0.2,
+                             repetition_penalty=1.5) for i in range(num_rows)]
+    requests = [make_request(str(i), p, output=[i]) for i, p in enumerate(params)]
+    meta = SamplingMetadata.from_requests(requests, "cpu", {"0": 11})
+    rows = {"temperature": meta.temperature, "seeds": meta.seeds, "steps": meta.steps,
+            "top_k": meta.top_k, "top_p": meta.top_p, "min_p": meta.min_p,
+            "presence": meta.presence_penalties, "frequency": meta.frequency_penalties,
+            "repetition": meta.repetition_penalties}
+    base = meta.temperature.untyped_storage().data_ptr()
+    for name, row in rows.items():
+        assert row.shape == (num_rows,) and row.is_contiguous(), name
+        assert row.untyped_storage().data_ptr() == base, f"{name}: one upload for all rows"
+        assert (row.data_ptr() - base) % 16 == 0, f"{name} starts {row.data_ptr() - base} bytes in"
+    assert meta.temperature.tolist() == pytest.approx([0.5 + i for i in range(num_rows)])
+    assert meta.top_k.tolist() == list(range(1, num_rows + 1)) and meta.seeds[0] == 11
+    assert meta.steps.tolist() == [1] * num_rows
+    assert meta.repetition_penalties.tolist() == [1.5] * num_rows
+
+
 # ---- CUDA: the fused draw ------------------------------------------------------------------
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
