@@ -97,9 +97,7 @@ def _prefill_kernel(
     queries_per_tile = BLOCK_ROWS // GROUP
     query_start = tl.load(query_start_ptr + seq)
     query_len = tl.load(query_start_ptr + seq + 1) - query_start
-    first_query = tile * queries_per_tile
-    if first_query >= query_len:
-        return
+    first_query = tile * queries_per_tile  # < query_len: a planned tile holds queries
     seq_len = tl.load(seq_lens_ptr + seq)
     context_len = seq_len - query_len  # tokens cached before this step's chunk
 
