@@ -294,11 +294,19 @@ def tune_model_linears(
     return results
 
 
+def build_kernel(weight: Tensor, batch_size: int, config: LinearConfig) -> None:
+    """Launch `config` once on zeros, which builds its Triton kernel in this process."""
+    x = torch.zeros(batch_size, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    triton_linear(x, weight, None, config)
+
+
 def tune_shapes(
     by_shape: dict[tuple, list[Tensor]], batch_sizes: Sequence[int], cache: TuningCache
 ) -> list[TuneResult]:
     """tune_model_linears for weights grouped by _key: cached cases are recorded as they
-    are, the others timed (tune_weights) and saved to the cache."""
+    are (and their Triton kernel launched once, which builds it: the LM head runs outside
+    the CUDA graphs, and a build there would stall a step), the others timed (tune_weights)
+    and saved to the cache."""
     results = []
     for key, weights in by_shape.items():
         _, dtype, num_cols, depth = key
@@ -311,6 +319,8 @@ def tune_shapes(
                 to_time.append(batch_size)
                 continue
             _CHOICES.setdefault(key, ShapeChoice()).add(batch_size, hit.config)
+            if hit.config is not None:
+                build_kernel(weights[0], batch_size, hit.config)
             results.append(
                 TuneResult(num_cols, depth, batch_size, hit.cublas_us, hit.best_us, hit.config,
                            cached=True)

@@ -90,11 +90,14 @@ def test_the_tuner_times_only_what_the_cache_lacks(tmp_path, monkeypatch):
             linear_tuning._CHOICES.setdefault(key, linear_tuning.ShapeChoice()).add(b, DOT)
         return [linear_tuning.TuneResult(6144, 4096, b, 30.0, 25.0, DOT) for b in batch_sizes]
 
+    built = []  # cached Triton choices are launched once at start (the kernel is built then)
     monkeypatch.setattr(linear_tuning, "tune_weights", fake_tune_weights)
+    monkeypatch.setattr(linear_tuning, "build_kernel",
+                        lambda w, rows, config: built.append((w is weight, rows, config)))
     linear_tuning.clear()
     try:
         results = linear_tuning.tune_shapes({key: [weight]}, [1, 2, 4], cache)
-        assert timed_sizes == [2, 4]
+        assert timed_sizes == [2, 4] and built == [(True, 1, GEMV)]
         assert [(r.batch_size, r.cached, r.config) for r in results] == [
             (1, True, GEMV), (2, False, DOT), (4, False, DOT),
         ]  # fmt: skip
@@ -106,6 +109,7 @@ def test_the_tuner_times_only_what_the_cache_lacks(tmp_path, monkeypatch):
         timed_sizes.clear()
         again = linear_tuning.tune_shapes({key: [weight]}, [1, 2, 4], TuningCache("g", cache.path))
         assert timed_sizes == [] and all(r.cached for r in again)
+        assert built[1:] == [(True, 1, GEMV), (True, 2, DOT), (True, 4, DOT)]
         assert linear_tuning._CHOICES[key].lookup(2) == DOT
     finally:
         linear_tuning.clear()
