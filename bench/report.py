@@ -32,6 +32,7 @@ RUN_KEYS = ("kind", "date", "commit", "card", "shape", "command")
 GOALS = [("nano", "qwen3-0.6b", "output_tok_per_s", 20000.0),
          ("fixed-256-256-1024", "llama3-8b", "req_per_s", 36.0),
          ("batch1", "llama3-8b", "tok_per_s_batch1", 180.0)]
+GOAL_CARD = "H100"  # the goals are set for one H100: another card's figure (an H200's) is not one
 
 
 def latest_runs(records: list[dict], kind: str, by_workload: bool = False) -> list[list[dict]]:
@@ -95,13 +96,15 @@ def offline_table(run: list[dict]) -> str:
 
 
 def goals_table(runs: list[list[dict]], ab: list[dict] = ()) -> str:
-    """Each goal against lodger's newest record of it, in a full run or an A/B call."""
+    """Each goal against lodger's newest record of it on the goals' card, in a full run or
+    an A/B call."""
     lines = ["| goal | target | lodger | status | card | commit, date |",
              "| --- | --- | --- | --- | --- | --- |"]
     for workload, shape, measure, target in GOALS:
         found = sorted(
             (r for r in [*(r for run in runs for r in run), *ab] if r["engine"] == "lodger"
-             and r["workload"] == workload and r["shape"] == shape and "error" not in r),
+             and r["workload"] == workload and r["shape"] == shape and "error" not in r
+             and GOAL_CARD in r["card"]),
             key=lambda r: r["date"])
         label = f"{workload} on {shape}"
         unit = "req/s" if measure == "req_per_s" else "tok/s"

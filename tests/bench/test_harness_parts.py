@@ -116,7 +116,7 @@ def test_update_section_replaces_only_its_markers():
 
 
 def _record(**fields) -> dict:
-    base = {"date": "2026-01-01T00:00:00Z", "commit": "abc1234", "card": "Card X",
+    base = {"date": "2026-01-01T00:00:00Z", "commit": "abc1234", "card": "NVIDIA H100 X",
             "command": "python -m bench.throughput", "shape": "qwen3-0.6b"}
     return {**base, **fields}
 
@@ -145,7 +145,7 @@ def test_render_shows_latest_run_ratios_goals_and_plot(tmp_path):
     assert "| nano | lodger | 25,000.0 |" in text and "| 1.0 |" not in text
     assert "| nano | hf-static | 7,142.9 | 13.60 |  | 18.80 | 3.50x |" in text
     assert "failed: timed out" in text
-    assert "| nano on qwen3-0.6b | 20,000 tok/s | 25,000.0 tok/s | met | Card X |" in text
+    assert "| nano on qwen3-0.6b | 20,000 tok/s | 25,000.0 tok/s | met | NVIDIA H100 X |" in text
     assert "| inf | 4 | 0 | 2.00 | 16.0 | 5.0 / 6.0 / 7.0 |" in text
     assert "| CPU x86_64, 2 threads | fixed-32-256-4 | 1 | 80.0 | 200.0 | 5.0 | met |" in text
     assert "](../plot.png)" in text and (tmp_path / "plot.png").stat().st_size > 10_000
@@ -163,14 +163,19 @@ def test_render_ab_calls_and_goals_from_the_newest_lodger_record(tmp_path):
                   output_tok_per_s=value, req_per_s=1.0, elapsed_s=133966 / value, date=date)
           for commit, value, date in (("aaa", 13000.0, "2026-01-02T00:00:00Z"),
                                       ("bbb", 18000.0, "2026-01-02T00:01:00Z"))]
+    # newer, but on an H200: the goals are an H100's, so it is listed but not the goal figure
+    ab.append(_record(kind="ab", ab_call=4, engine="lodger", workload="nano", commit="ccc",
+                      output_tok_per_s=23000.0, req_per_s=1.0, elapsed_s=5.8,
+                      date="2026-01-03T00:00:00Z", card="NVIDIA H200"))
     doc = tmp_path / "benchmarks.md"
     text = render([*full, *ab], "# Benchmarks\n", tmp_path / "plot.png", doc)
     assert "| nano | lodger | 12,000.0 |" in text and "| nano | hf-static | 1,200.0 |" in text
-    assert "#### A/B call 3: Card X, 2026-01-02, qwen3-0.6b" in text
+    assert "#### A/B call 3: NVIDIA H100 X, 2026-01-02, qwen3-0.6b" in text
     assert "| 1 | `aaa` | qwen3-0.6b | nano | 13,000.0 |  |" in text
     assert "| 2 | `bbb` | qwen3-0.6b | nano | 18,000.0" in text
-    assert "| nano on qwen3-0.6b | 20,000 tok/s | 18,000.0 tok/s | 90% of it | Card X | `bbb`" \
-        in text
+    goal = "| nano on qwen3-0.6b | 20,000 tok/s | 18,000.0 tok/s | 90% of it | NVIDIA H100 X |"
+    assert f"{goal} `bbb`" in text
+    assert "#### A/B call 4: NVIDIA H200, 2026-01-03" in text and "| 1 | `ccc` |" in text
 
 
 def test_goal_row_carries_a_record_note(tmp_path):
@@ -179,7 +184,7 @@ def test_goal_row_carries_a_record_note(tmp_path):
                   output_tok_per_s=15000.0, req_per_s=1.0, elapsed_s=9.0,
                   date="2026-01-03T00:00:00Z", note="an option on")]
     text = render(ab, "# Benchmarks\n", tmp_path / "plot.png", tmp_path / "benchmarks.md")
-    assert "| Card X | `ccc`, 2026-01-03; an option on |" in text
+    assert "| NVIDIA H100 X | `ccc`, 2026-01-03; an option on |" in text
 
 
 def test_profile_lodger_times_the_step_phases(tmp_path):
