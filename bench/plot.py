@@ -38,11 +38,12 @@ def plot(offline_runs: list[list[dict]], serving_runs: list[list[dict]], path: P
     left.set_ylabel("output tokens / s")
     left.set_yscale("log")
     left.set_title("Offline throughput (EOS ignored)")
-    left.legend()
+    if engines:
+        left.legend()
     for run in serving_runs:
         run = sorted(run, key=lambda r: float(r["request_rate"]))  # float("inf") sorts last
         xs, labels = _rate_positions([r["request_rate"] for r in run])
-        name = run[0]["shape"]
+        name = f"{run[0]['shape']} {run[0]['workload']}"
         right.plot(xs, [r["ttft_ms"]["p50"] for r in run], "o-", label=f"{name} TTFT p50")
         right.plot(xs, [r["ttft_ms"]["p99"] for r in run], "o--", label=f"{name} TTFT p99")
         right.plot(xs, [r["tpot_ms"]["p50"] for r in run], "s-", label=f"{name} TPOT p50")

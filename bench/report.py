@@ -113,7 +113,8 @@ def goals_table(runs: list[list[dict]], ab: list[dict] = ()) -> str:
             continue
         r = found[-1]
         value = (1000.0 / r["ms_per_token"]) if measure == "tok_per_s_batch1" else r[measure]
-        status = "met" if value >= target else f"{value / target:.0%} of it"
+        # whole percent rounded down: 99.9% must not read as "100% of it"
+        status = "met" if value >= target else f"{int(100 * value // target)}% of it"
         lines.append(f"| {label} | {target:,.0f} {unit} | {_num(value)} {unit} | {status} | "
                      f"{r['card']} | `{r['commit']}`, {r['date'][:10]}"
                      f"{'; ' + r['note'] if r.get('note') else ''} |")
@@ -173,6 +174,13 @@ def default_model_table(runs: list[list[dict]]) -> str:
     return "\n".join(lines) + "\n\n" + provenance
 
 
+def _split_by_workload(run: list[dict]) -> list[list[dict]]:
+    parts: dict[str, list[dict]] = {}
+    for record in run:
+        parts.setdefault(record["workload"], []).append(record)
+    return list(parts.values())
+
+
 def update_section(text: str, name: str, body: str, heading: str) -> str:
     """Replace the marked part `name` of text with body (appended under heading if absent)."""
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
@@ -187,7 +195,8 @@ def render(records: list[dict], doc_text: str, plot_path: Path, doc_path: Path) 
     offline_all = latest_runs(records, "offline", by_workload=True)
     offline = [run for run in offline_all if run[0]["shape"] != DEFAULT_MODEL_LABEL]
     default_offline = [run for run in offline_all if run[0]["shape"] == DEFAULT_MODEL_LABEL]
-    serving_all = latest_runs(records, "serving")
+    serving_all = [part for run in latest_runs(records, "serving", by_workload=True)
+                   for part in _split_by_workload(run)]  # one table per workload
     serving = [run for run in serving_all if run[0]["shape"] != DEFAULT_MODEL_LABEL]
     default_runs = [run for run in serving_all if run[0]["shape"] == DEFAULT_MODEL_LABEL]
     if offline or serving:

@@ -320,3 +320,21 @@ def test_jit_watch_counts_builds_through_tritons_hooks():
     assert summary["jit_builds"] == 2 and summary["jit_build_s"] >= 0
     assert [b.kernel for b in jit.builds] == ["kernel_b[...](n: constexpr)",
                                               "kernel_a[...](n: i32)"]
+
+
+def test_each_serving_workload_keeps_its_table_and_goals_round_down(tmp_path):
+    dist = {"mean": 5.0, "p50": 5.0, "p90": 6.0, "p99": 7.0}
+    serving = [_record(kind="serving", engine="lodger", workload=workload, request_rate=4.0,
+                       max_concurrency=None, completed=4, failed=0, req_per_s=2.0,
+                       output_tok_per_s=tok_s, ttft_ms=dist, tpot_ms=dist, itl_ms=dist,
+                       command=f"python -m bench.serving --workload {workload}", date=date)
+               for workload, tok_s, date in (("fixed-1024-128-200", 11.0, "2026-01-01T00:00:00Z"),
+                                             ("fixed-128-128-400", 22.0, "2026-01-02T00:00:00Z"))]
+    batch1 = _record(kind="ab", ab_call=1, engine="lodger", workload="batch1", shape="llama3-8b",
+                     output_tok_per_s=179.9, ms_per_token=1000 / 179.9, req_per_s=1.0,
+                     elapsed_s=1.4)
+    text = render([*serving, batch1], "# Benchmarks\n", tmp_path / "plot.png",
+                  tmp_path / "benchmarks.md")
+    assert "#### qwen3-0.6b, workload fixed-1024-128-200" in text and "| 11.0 |" in text
+    assert "#### qwen3-0.6b, workload fixed-128-128-400" in text and "| 22.0 |" in text
+    assert "| 179.9 tok/s | 99% of it |" in text
