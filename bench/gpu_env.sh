@@ -6,8 +6,9 @@
 out=${OUT:-/tmp/lodger-gpu}
 mkdir -p "$out"
 root=$(pwd)
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+wheels=${LODGER_WHEELS:-.whl}  # run_gpu_ab.sh points a baseline tree at the root's wheels
+if compgen -G "$wheels/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheels"/*.whl
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 shim=$(mktemp -d)

@@ -33,7 +33,8 @@ if [ "$bench" = throughput ]; then
 fi
 rc=0
 (
-  cd "$baseline" && export LODGER_COMMIT=${BASELINE_COMMIT:-baseline} ${BASELINE_ENV:-} &&
+  cd "$baseline" && export LODGER_WHEELS="$root/.whl" &&
+    export LODGER_COMMIT=${BASELINE_COMMIT:-baseline} ${BASELINE_ENV:-} &&
     source bench/gpu_env.sh &&
     python3 -m "bench.$bench" "${args[@]}" --out "$out/$records"
 ) 2>&1 | tee -a "${OUT:-/tmp/lodger-gpu}/ab.log" || rc=1
