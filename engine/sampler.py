@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lodger.engine.step_inputs import round_up
 from lodger.kernels import ops
 
 if TYPE_CHECKING:
@@ -347,7 +348,7 @@ def _upload_rows(
     the Triton kernels reading them are specialized on their pointers' alignment, and an
     alignment that changed with N's parity built another variant inside a serving step."""
     num_rows = len(params)
-    width = -(-num_rows // 4) * 4
+    width = round_up(num_rows, 4)
     array = np.zeros((6, width), dtype=np.int64)  # 3 rows of ints, then the 6 float rows
     ints = array[:3, :num_rows]
     floats = array[3:].view(np.float32).reshape(6, width)[:, :num_rows]

@@ -165,7 +165,8 @@ def prefill_attention(
     out = check_out(out, q)
     if num_seqs == 0 or q.shape[0] == 0:
         return out
-    if meta.prefill_tiles is None or meta.prefill_tile_queries != block_rows // group:
+    if (meta.prefill_tiles is None
+            or meta.prefill_tile_queries != queries_per_tile(num_q_heads, num_kv_heads, config)):
         attach_work_list(meta, num_q_heads, num_kv_heads, config)
     tiles = meta.prefill_tiles
     assert tiles.dim() == 2 and tiles.shape[1] == 2 and tiles.dtype == torch.int32
