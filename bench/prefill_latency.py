@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench.profile_lodger import profile_window
 from bench.records import run_context
+from bench.run_lodger import graph_summary
 from bench.shapes import SHAPES, checkpoint_vocab_size
 from bench.throughput import DEFAULT_CHECKPOINTS, resolve_model
 from bench.worker import parse_option
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab_size = checkpoint_vocab_size(model_dir)
     llm = LLM(model=str(model_dir), **dict(parse_option(o) for o in args.option))
     core = llm.engine
+    print(f"{label}: {graph_summary(llm) or 'no CUDA graphs'}", flush=True)
     warm_prompt, warm_tokens = warmup_request()
     llm.generate([{"prompt_token_ids": warm_prompt}], SamplingParams(max_tokens=warm_tokens),
                  use_tqdm=False)
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
               f"top {[(k['name'][:40], k['ms']) for k in window['top_kernels'][:4]]}",
               flush=True)
     if args.out:
-        record = {"shape": label, "options": args.option, "results": results, **run_context()}
+        record = {"shape": label, "options": args.option, "results": results,
+                  **graph_summary(llm), **run_context()}
         args.out.write_text(json.dumps(record, indent=1))
     return 0
 

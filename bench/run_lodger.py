@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from bench.jit_watch import JitWatch
 from bench.records import offline_record
 from bench.workloads import Workload, warmup_request
+
+
+def graph_summary(llm) -> dict:
+    """The CUDA graphs' token buckets for steps with prompt tokens, and the start-up timing
+    behind those above 512 tokens (engine/prompt_graph_sizes.py); {} without graphs."""
+    graphs = llm.engine.runner.graphs
+    if graphs is None:
+        return {}
+    return {"graph_token_buckets": list(graphs.token_buckets),
+            "large_bucket_timings": [dataclasses.asdict(t) for t in graphs.large_bucket_timings]}
 
 
 def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> list[dict]:
@@ -43,6 +54,7 @@ def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> lis
             "num_preemptions": after.num_preemptions - before.num_preemptions,
             "num_kv_blocks": after.num_blocks,
             **jit.summary(),  # Triton kernels built inside the timed part (should be none)
+            **graph_summary(llm),
         }
         if tuning:
             extra["matmul_tuning"] = tuning

@@ -7,7 +7,8 @@ are copied into static buffers and the rows n..bucket are padding (token 0 at po
 slot -1 so nothing is written to the cache, seq_len 1 over the null block 0).
 
 Steps with prompt tokens (a prefill, or a chunk beside decodes): one graph per token
-bucket (16, 32, ... up to MAX_MIXED_GRAPH_TOKENS). Eager, such a step costs the host a
+bucket (16, 32, ... up to MAX_MIXED_GRAPH_TOKENS, then the larger buckets that timing at
+start finds worth it: engine/prompt_graph_sizes.py). Eager, such a step costs the host a
 Python launch of every kernel of every layer (~20-50 ms on Llama-3-8B, several times the
 GPU's work for a short prompt); replayed, a few copies. The prefill kernel's grid is the
 bucket's work-list capacity (AttentionMetadata.prefill_tiles), so one graph serves any
@@ -27,6 +28,13 @@ import time
 import torch
 from torch import Tensor
 
+from lodger.engine.prompt_graph_sizes import (
+    LargeBucketTiming,
+    choose_large_buckets,
+    large_bucket_candidates,
+    median_ms,
+    override_limit,
+)
 from lodger.engine.step_inputs import TABLE_WIDTH_MULTIPLE, StepInputs, cdiv, round_up
 from lodger.kernels.attention_metadata import AttentionMetadata, max_prefill_tiles
 
@@ -68,14 +76,20 @@ class CudaGraphs:
         self.max_batch = self.buckets[-1]
         self.token_buckets = (token_buckets(config.max_num_batched_tokens)
                               if prefill_tile_queries else [])
+        # larger token buckets that capture() may add (static inputs are sized for them)
+        self.large_candidates = (
+            large_bucket_candidates(MAX_MIXED_GRAPH_TOKENS, config.max_num_batched_tokens)
+            if self.token_buckets and self.token_buckets[-1] == MAX_MIXED_GRAPH_TOKENS else [])
+        self.large_bucket_timings: list[LargeBucketTiming] = []
         self.tile_queries = prefill_tile_queries
         self.max_model_len = max_model_len
         device = kv_caches[0][0].device
         # as wide as InputBuilder's widest table (its width is rounded to a multiple)
         max_blocks = round_up(cdiv(max_model_len, config.block_size), TABLE_WIDTH_MULTIPLE)
-        max_tokens = max([self.max_batch, *self.token_buckets])
+        mixed_sizes = [0, *self.token_buckets, *self.large_candidates]
+        max_tokens = max([self.max_batch, *mixed_sizes])
         # sequences a step with prompt tokens may have: at most one per token
-        self.max_mixed_seqs = min(config.max_num_seqs, max([0, *self.token_buckets]))
+        self.max_mixed_seqs = min(config.max_num_seqs, max(mixed_sizes))
         max_seqs = max(self.max_batch, self.max_mixed_seqs)
         # Static inputs every graph reads; row i of a decode replay is the i-th request.
         self.input_ids = torch.zeros(max_tokens, dtype=torch.int64, device=device)
@@ -88,13 +102,14 @@ class CudaGraphs:
         # prefill kernel's work list, at the largest bucket's capacity
         self.mixed_query_start_loc = torch.zeros(self.max_mixed_seqs + 1, dtype=torch.int32,
                                                  device=device)
-        max_tiles = max([0, *(self._tile_capacity(t) for t in self.token_buckets)])
+        max_tiles = max([0, *(self._tile_capacity(t) for t in mixed_sizes[1:])])
         self.prefill_tiles = torch.full((max_tiles, 2), -1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, Tensor] = {}  # bucket -> hidden states [bucket, H] it writes
         self.mixed_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.mixed_outputs: dict[int, Tensor] = {}  # token bucket -> hidden states [bucket, H]
         self.num_mixed_replays = 0  # steps with prompt tokens that replayed a graph
+        self.num_large_replays = 0  # those of them over MAX_MIXED_GRAPH_TOKENS tokens
         self.pool = None
 
     def _tile_capacity(self, num_tokens: int) -> int:
@@ -130,6 +145,7 @@ class CudaGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
+        self.token_buckets += self._choose_large_buckets()
         # largest first: its pool serves the rest
         order = sorted([(b, False) for b in self.buckets] + [(t, True) for t in self.token_buckets],
                        reverse=True)
@@ -150,6 +166,36 @@ class CudaGraphs:
             "%s tokens) in %.1f s", len(order), self.buckets, self.token_buckets,
             time.perf_counter() - start,
         )
+        for t in self.large_bucket_timings:
+            logger.info(
+                "prompt-step graph of %d tokens %s: predicted replay %.2f ms against %.2f ms "
+                "for an eager step of %d tokens", t.size, "kept" if t.kept else "not kept",
+                t.predicted_replay_ms, t.eager_ms, t.smallest_step,
+            )
+
+    def _choose_large_buckets(self) -> list[int]:
+        """The candidates above MAX_MIXED_GRAPH_TOKENS worth a graph on this model and card
+        (prompt_graph_sizes): the replay cost per token comes from a throwaway graph of the
+        largest small bucket, the eager costs from eager forwards of the static inputs."""
+        if not self.large_candidates:
+            return []
+        limit = override_limit()
+        if limit is not None:
+            return [size for size in self.large_candidates if size <= limit]
+        small = self.token_buckets[-1]
+        self._forward(small, mixed=True)
+        torch.cuda.synchronize()
+        probe = torch.cuda.CUDAGraph()  # its own pool, given back when it is dropped
+        with torch.cuda.graph(probe, capture_error_mode="thread_local"):
+            self._forward(small, mixed=True)
+        replay_ms = median_ms(probe.replay)
+        del probe
+        torch.cuda.empty_cache()
+        self.large_bucket_timings = choose_large_buckets(
+            self.large_candidates, small, replay_ms / small,
+            lambda n: median_ms(lambda: self._forward(n, mixed=True)),
+        )  # fmt: skip
+        return [t.size for t in self.large_bucket_timings if t.kept]
 
     def can_run(self, inputs: StepInputs) -> bool:
         """Decode-only batches that fit the largest bucket; other steps that fit the largest
@@ -192,6 +238,7 @@ class CudaGraphs:
         self.prefill_tiles[num_tiles : self._tile_capacity(size)].fill_(-1)
         self.mixed_graphs[size].replay()
         self.num_mixed_replays += 1
+        self.num_large_replays += int(n > MAX_MIXED_GRAPH_TOKENS)
         return self.mixed_outputs[size][:n]
 
     def _copy_tokens(self, inputs: StepInputs, size: int) -> None:

@@ -293,6 +293,28 @@ def test_graph_buckets():
     assert batch_buckets(4096)[-2:] == [256, 512]
 
 
+class EagerReplay:
+    """A captured graph's stand-in on the CPU: replay() runs its bucket's forward eagerly
+    from the static inputs into the bucket's output."""
+
+    def __init__(self, graphs, size: int, mixed: bool):
+        self.graphs, self.size, self.mixed = graphs, size, mixed
+
+    def replay(self):
+        outputs = self.graphs.mixed_outputs if self.mixed else self.graphs.outputs
+        outputs[self.size].copy_(self.graphs._forward(self.size, mixed=self.mixed))
+
+
+def replay_eagerly(graphs, hidden_size: int, mixed: bool) -> None:
+    """Give every bucket of `graphs` (token buckets if mixed, else decode batches) an
+    EagerReplay and its output buffer, as capture() would a graph."""
+    sizes, store, outputs = ((graphs.token_buckets, graphs.mixed_graphs, graphs.mixed_outputs)
+                             if mixed else (graphs.buckets, graphs.graphs, graphs.outputs))
+    for size in sizes:
+        store[size] = EagerReplay(graphs, size, mixed)
+        outputs[size] = torch.empty(size, hidden_size)
+
+
 def replay_against_eager(runner, graphs, out, num_tokens: int) -> None:
     """Replay step `out` through `graphs`, then run it eagerly from the same cache: the
     hidden states and the cache after each must agree, and padding writes nothing."""
@@ -319,18 +341,7 @@ def test_graph_inputs_padding_on_cpu(llama_dir):
 
     runner = make_runner(llama_dir, max_num_seqs=4)
     graphs = CudaGraphs(runner.model, runner.kv_caches, runner.config, runner.max_model_len)
-
-    class EagerReplay:
-        def __init__(self, batch):
-            self.batch = batch
-
-        def replay(self):
-            graphs.outputs[self.batch].copy_(graphs._forward(self.batch))
-
-    hidden_size = runner.model_config.hidden_size
-    for batch in graphs.buckets:
-        graphs.graphs[batch] = EagerReplay(batch)
-        graphs.outputs[batch] = torch.empty(batch, hidden_size)
+    replay_eagerly(graphs, runner.model_config.hidden_size, mixed=False)
     blocks = Blocks()
     requests = [make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [5, 9, 7, 4]))]
     step(runner, blocks, [(r, r.num_tokens) for r in requests])
@@ -367,18 +378,7 @@ def test_mixed_graph_inputs_padding_on_cpu(llama_dir):
     graphs = CudaGraphs(runner.model, runner.kv_caches, runner.config, runner.max_model_len,
                         prefill_tile_queries=4)
     assert graphs.token_buckets == [16, 32, 64] and graphs.max_mixed_seqs == 4
-
-    class EagerReplay:
-        def __init__(self, size):
-            self.size = size
-
-        def replay(self):
-            graphs.mixed_outputs[self.size].copy_(graphs._forward(self.size, mixed=True))
-
-    hidden_size = runner.model_config.hidden_size
-    for size in graphs.token_buckets:
-        graphs.mixed_graphs[size] = EagerReplay(size)
-        graphs.mixed_outputs[size] = torch.empty(size, hidden_size)
+    replay_eagerly(graphs, runner.model_config.hidden_size, mixed=True)
     blocks = Blocks()
     requests = [make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [9, 16, 6]))]
     for request in requests:
@@ -401,3 +401,31 @@ def test_mixed_graph_inputs_padding_on_cpu(llama_dir):
     assert graphs.mixed_query_start_loc.tolist() == [0, 3, 8, 8, 8]
     capacity = graphs._tile_capacity(16)
     assert (graphs.prefill_tiles[3:capacity] == -1).all()
+
+
+def test_large_prompt_bucket_replays_like_eager_on_cpu(llama_dir, monkeypatch):
+    """A token bucket above MAX_MIXED_GRAPH_TOKENS (kept here by the fixed choice of
+    LODGER_PROMPT_GRAPH_TOKENS, as timing needs CUDA): the static inputs are sized for it,
+    a step of its size replays like an eager step, and a step past it runs eagerly."""
+    from lodger.engine import cuda_graphs
+    from lodger.engine.step_inputs import InputBuilder
+
+    monkeypatch.setattr(cuda_graphs, "MAX_MIXED_GRAPH_TOKENS", 32)
+    monkeypatch.setenv("LODGER_PROMPT_GRAPH_TOKENS", "64")
+    runner = make_runner(llama_dir, max_num_seqs=4, max_num_batched_tokens=128)
+    runner.inputs = InputBuilder(BLOCK_SIZE, runner.max_model_len, 4, 128, runner.device,
+                                 prefill_tile_queries=4)
+    graphs = cuda_graphs.CudaGraphs(runner.model, runner.kv_caches, runner.config,
+                                    runner.max_model_len, prefill_tile_queries=4)
+    assert graphs.token_buckets == [16, 32] and graphs.large_candidates == [64, 128]
+    assert graphs.input_ids.shape[0] == 128 and graphs.max_mixed_seqs == 4
+    graphs.token_buckets += graphs._choose_large_buckets()
+    assert graphs.token_buckets == [16, 32, 64]
+    replay_eagerly(graphs, runner.model_config.hidden_size, mixed=True)
+    blocks = Blocks()
+    requests = [make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [23, 17, 30]))]
+    for request in requests:
+        blocks.cover(request, request.num_tokens)
+    with torch.inference_mode():
+        replay_against_eager(runner, graphs, scheduled(requests[:2], [23, 17]), 40)  # bucket 64
+        assert not graphs.can_run(runner.prepare_inputs(scheduled(requests, [23, 17, 30])))
