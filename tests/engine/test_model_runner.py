@@ -357,6 +357,28 @@ def test_graph_inputs_padding_on_cpu(llama_dir):
     assert int(graphs.block_tables[3].abs().sum()) == 0
 
 
+def covered_requests(model_dir, lengths: list[int], blocks: Blocks) -> list[Request]:
+    """Requests of random prompts of these lengths, each given blocks for its whole prompt."""
+    requests = [make_request(str(i), p) for i, p in enumerate(prompts(model_dir, lengths))]
+    for request in requests:
+        blocks.cover(request, request.num_tokens)
+    return requests
+
+
+def runner_with_prompt_graphs(model_dir, max_num_batched_tokens: int):
+    """A CPU runner of 4 sequences whose steps carry the prefill work list (tiles of 4
+    queries), and CudaGraphs for it (nothing captured: give its buckets EagerReplays)."""
+    from lodger.engine.cuda_graphs import CudaGraphs
+    from lodger.engine.step_inputs import InputBuilder
+
+    runner = make_runner(model_dir, max_num_seqs=4, max_num_batched_tokens=max_num_batched_tokens)
+    runner.inputs = InputBuilder(BLOCK_SIZE, runner.max_model_len, 4, max_num_batched_tokens,
+                                 runner.device, prefill_tile_queries=4)
+    graphs = CudaGraphs(runner.model, runner.kv_caches, runner.config, runner.max_model_len,
+                        prefill_tile_queries=4)
+    return runner, graphs
+
+
 def test_token_buckets():
     from lodger.engine.cuda_graphs import token_buckets
 
@@ -369,20 +391,11 @@ def test_mixed_graph_inputs_padding_on_cpu(llama_dir):
     """The static-buffer plumbing of the graphs for steps with prompt tokens, each 'graph'
     replayed eagerly on the CPU: after a larger step, a smaller one's padding tokens,
     sequences and work-list rows must be reset, and its real rows equal an eager step."""
-    from lodger.engine.cuda_graphs import CudaGraphs
-    from lodger.engine.step_inputs import InputBuilder
-
-    runner = make_runner(llama_dir, max_num_seqs=4)
-    runner.inputs = InputBuilder(BLOCK_SIZE, runner.max_model_len, 4, 64, runner.device,
-                                 prefill_tile_queries=4)
-    graphs = CudaGraphs(runner.model, runner.kv_caches, runner.config, runner.max_model_len,
-                        prefill_tile_queries=4)
+    runner, graphs = runner_with_prompt_graphs(llama_dir, 64)
     assert graphs.token_buckets == [16, 32, 64] and graphs.max_mixed_seqs == 4
     replay_eagerly(graphs, runner.model_config.hidden_size, mixed=True)
     blocks = Blocks()
-    requests = [make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [9, 16, 6]))]
-    for request in requests:
-        blocks.cover(request, request.num_tokens)
+    requests = covered_requests(llama_dir, [9, 16, 6], blocks)
     with torch.inference_mode():
         # request 1's prompt in two chunks: 13 tokens now, 3 in the next step
         first = runner.prepare_inputs(scheduled(requests, [9, 13, 6]))  # 28 tokens: bucket 32
@@ -408,24 +421,16 @@ def test_large_prompt_bucket_replays_like_eager_on_cpu(llama_dir, monkeypatch):
     LODGER_PROMPT_GRAPH_TOKENS, as timing needs CUDA): the static inputs are sized for it,
     a step of its size replays like an eager step, and a step past it runs eagerly."""
     from lodger.engine import cuda_graphs
-    from lodger.engine.step_inputs import InputBuilder
 
     monkeypatch.setattr(cuda_graphs, "MAX_MIXED_GRAPH_TOKENS", 32)
     monkeypatch.setenv("LODGER_PROMPT_GRAPH_TOKENS", "64")
-    runner = make_runner(llama_dir, max_num_seqs=4, max_num_batched_tokens=128)
-    runner.inputs = InputBuilder(BLOCK_SIZE, runner.max_model_len, 4, 128, runner.device,
-                                 prefill_tile_queries=4)
-    graphs = cuda_graphs.CudaGraphs(runner.model, runner.kv_caches, runner.config,
-                                    runner.max_model_len, prefill_tile_queries=4)
+    runner, graphs = runner_with_prompt_graphs(llama_dir, 128)
     assert graphs.token_buckets == [16, 32] and graphs.large_candidates == [64, 128]
     assert graphs.input_ids.shape[0] == 128 and graphs.max_mixed_seqs == 4
     graphs.token_buckets += graphs._choose_large_buckets()
     assert graphs.token_buckets == [16, 32, 64]
     replay_eagerly(graphs, runner.model_config.hidden_size, mixed=True)
-    blocks = Blocks()
-    requests = [make_request(str(i), p) for i, p in enumerate(prompts(llama_dir, [23, 17, 30]))]
-    for request in requests:
-        blocks.cover(request, request.num_tokens)
+    requests = covered_requests(llama_dir, [23, 17, 30], Blocks())
     with torch.inference_mode():
         replay_against_eager(runner, graphs, scheduled(requests[:2], [23, 17]), 40)  # bucket 64
         assert not graphs.can_run(runner.prepare_inputs(scheduled(requests, [23, 17, 30])))
