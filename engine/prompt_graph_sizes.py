@@ -11,6 +11,11 @@ padding, the smallest step it serves.
 
 `LODGER_PROMPT_GRAPH_TOKENS=N` replaces the timing with a fixed choice: every candidate
 of at most N tokens (N = 512: none of them; for tests and A/B runs).
+
+Memory: the graphs' shared pool holds about one forward's activations at the largest
+kept bucket, which the KV-cache sizing does not count (it never counted the graphs'
+pool); for the small models that keep large buckets that is tens to a few hundred MiB,
+inside what gpu_memory_utilization leaves free.
 """
 
 from __future__ import annotations
