@@ -28,9 +28,9 @@ class DecodeConfig:
     """Launch shape of the split kernel; defaults are the best of bench/kernels.py --sweep on
     an H100 (docs/benchmarks.md)."""
 
-    block_n: int = 64  # context tokens per tile
+    block_n: int = 128  # context tokens per tile
     num_warps: int = 4
-    num_stages: int = 4  # software-pipelining depth of the tile loads (GPU only)
+    num_stages: int = 3  # software-pipelining depth of the tile loads (GPU only)
     min_tokens_per_split: int = 128  # don't split a context finer than this
     target_programs: int = 528  # aim for this many programs (4 per SM of an H100)
 
