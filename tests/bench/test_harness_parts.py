@@ -145,7 +145,8 @@ def test_render_shows_latest_run_ratios_goals_and_plot(tmp_path):
     assert "| nano | lodger | 25,000.0 |" in text and "| 1.0 |" not in text
     assert "| nano | hf-static | 7,142.9 | 13.60 |  | 18.80 | 3.50x |" in text
     assert "failed: timed out" in text
-    assert "| nano on qwen3-0.6b | 20,000 tok/s | 25,000.0 tok/s | met | NVIDIA H100 X |" in text
+    assert ("| nano on qwen3-0.6b | 20,000 tok/s | 25,000.0 tok/s | met | this one | "
+            "NVIDIA H100 X |") in text
     assert "| inf | 4 | 0 | 2.00 | 16.0 | 5.0 / 6.0 / 7.0 |" in text
     assert "| CPU x86_64, 2 threads | fixed-32-256-4 | 1 | 80.0 | 200.0 | 5.0 | met |" in text
     assert "](../plot.png)" in text and (tmp_path / "plot.png").stat().st_size > 10_000
@@ -173,7 +174,8 @@ def test_render_ab_calls_and_goals_from_the_newest_lodger_record(tmp_path):
     assert "#### A/B call 3: NVIDIA H100 X, 2026-01-02, qwen3-0.6b" in text
     assert "| 1 | `aaa` | qwen3-0.6b | nano | 13,000.0 |  |" in text
     assert "| 2 | `bbb` | qwen3-0.6b | nano | 18,000.0" in text
-    goal = "| nano on qwen3-0.6b | 20,000 tok/s | 18,000.0 tok/s | 90% of it | NVIDIA H100 X |"
+    goal = ("| nano on qwen3-0.6b | 20,000 tok/s | 18,000.0 tok/s | 90% of it | this one | "
+            "NVIDIA H100 X |")
     assert f"{goal} `bbb`" in text
     assert "#### A/B call 4: NVIDIA H200, 2026-01-03" in text and "| 1 | `ccc` |" in text
 
@@ -333,8 +335,11 @@ def test_each_serving_workload_keeps_its_table_and_goals_round_down(tmp_path):
     batch1 = _record(kind="ab", ab_call=1, engine="lodger", workload="batch1", shape="llama3-8b",
                      output_tok_per_s=179.9, ms_per_token=1000 / 179.9, req_per_s=1.0,
                      elapsed_s=1.4)
-    text = render([*serving, batch1], "# Benchmarks\n", tmp_path / "plot.png",
+    earlier = {**batch1, "commit": "older", "date": "2025-12-31T00:00:00Z",
+               "ms_per_token": 1000 / 181.0}
+    text = render([*serving, earlier, batch1], "# Benchmarks\n", tmp_path / "plot.png",
                   tmp_path / "benchmarks.md")
     assert "#### qwen3-0.6b, workload fixed-1024-128-200" in text and "| 11.0 |" in text
     assert "#### qwen3-0.6b, workload fixed-128-128-400" in text and "| 22.0 |" in text
-    assert "| 179.9 tok/s | 99% of it |" in text
+    # the newest record sets the status; the best one stands beside it
+    assert "| 179.9 tok/s | 99% of it | 181.0 tok/s (`older`, 2025-12-31) |" in text
