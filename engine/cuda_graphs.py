@@ -168,34 +168,39 @@ class CudaGraphs:
         )
         for t in self.large_bucket_timings:
             logger.info(
-                "prompt-step graph of %d tokens %s: predicted replay %.2f ms against %.2f ms "
-                "for an eager step of %d tokens", t.size, "kept" if t.kept else "not kept",
-                t.predicted_replay_ms, t.eager_ms, t.smallest_step,
+                "prompt-step graph of %d tokens %s: replay %.2f ms against %.2f ms for an "
+                "eager step of %d tokens", t.size, "kept" if t.kept else "not kept",
+                t.replay_ms, t.eager_ms, t.smallest_step,
             )
 
     def _choose_large_buckets(self) -> list[int]:
         """The candidates above MAX_MIXED_GRAPH_TOKENS worth a graph on this model and card
-        (prompt_graph_sizes): the replay cost per token comes from a throwaway graph of the
-        largest small bucket, the eager costs from eager forwards of the static inputs."""
+        (prompt_graph_sizes): each one's replay timed on a throwaway graph of its size, the
+        eager costs from eager forwards of the static inputs."""
         if not self.large_candidates:
             return []
         limit = override_limit()
         if limit is not None:
             return [size for size in self.large_candidates if size <= limit]
-        small = self.token_buckets[-1]
-        self._forward(small, mixed=True)
-        torch.cuda.synchronize()
-        probe = torch.cuda.CUDAGraph()  # its own pool, given back when it is dropped
-        with torch.cuda.graph(probe, capture_error_mode="thread_local"):
-            self._forward(small, mixed=True)
-        replay_ms = median_ms(probe.replay)
-        del probe
-        torch.cuda.empty_cache()
         self.large_bucket_timings = choose_large_buckets(
-            self.large_candidates, small, replay_ms / small,
+            self.large_candidates, self.token_buckets[-1], self._throwaway_replay_ms,
             lambda n: median_ms(lambda: self._forward(n, mixed=True)),
         )  # fmt: skip
         return [t.size for t in self.large_bucket_timings if t.kept]
+
+    def _throwaway_replay_ms(self, size: int) -> float:
+        """Median replay time of a graph of `size` prompt tokens, captured in its own pool
+        and given back: the kept buckets are captured later, largest first, in the shared
+        pool."""
+        self._forward(size, mixed=True)  # warm up: compile and autotune outside the capture
+        torch.cuda.synchronize()
+        probe = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(probe, capture_error_mode="thread_local"):
+            self._forward(size, mixed=True)
+        replay_ms = median_ms(probe.replay)
+        del probe
+        torch.cuda.empty_cache()
+        return replay_ms
 
     def can_run(self, inputs: StepInputs) -> bool:
         """Decode-only batches that fit the largest bucket; other steps that fit the largest

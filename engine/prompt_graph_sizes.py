@@ -4,10 +4,11 @@ Below that limit every token bucket is captured. Above it, a graph pays only whe
 host's launches, not the GPU, set an eager step's time: on a small model an 8,192-token
 step is ~12 ms of GPU work behind ~25 ms of Python launches, while on an 8B model a
 1,024-token step is GPU-bound already and a graph padded to 2,048 tokens would cost it
-more GPU time than it saves host time. So the larger buckets (1,024, 2,048, ... up to the
-step's token budget) are chosen by timing at start (`choose_large_buckets`): a bucket is
-kept while its predicted replay beats the eager step it would replace at its worst
-padding, the smallest step it serves.
+more GPU time than it saves host time. So the larger buckets (768, 1,024, 1,536, 2,048,
+... up to the step's token budget: powers of two and 1.5x them, so a step pads by at most
+a third) are chosen by timing at start (`choose_large_buckets`): a bucket is kept while a
+throwaway graph of its size replays faster than the eager step it would replace at its
+worst padding, the smallest step it serves.
 
 `LODGER_PROMPT_GRAPH_TOKENS=N` replaces the timing with a fixed choice: every candidate
 of at most N tokens (N = 512: none of them; for tests and A/B runs).
@@ -29,9 +30,9 @@ from dataclasses import dataclass
 import torch
 
 ENV_OVERRIDE = "LODGER_PROMPT_GRAPH_TOKENS"
-# a larger bucket must be predicted this much faster than the eager step it replaces: the
-# prediction is a linear extrapolation, and a bucket kept wrongly costs every such step
-REQUIRED_SPEEDUP = 0.8
+# a larger bucket's replay must be this much faster than the eager step it replaces: both
+# are medians of three timings, and a bucket kept wrongly costs every step it serves
+REQUIRED_SPEEDUP = 0.9
 
 
 @dataclass
@@ -40,18 +41,23 @@ class LargeBucketTiming:
 
     size: int
     smallest_step: int  # the fewest tokens a step replaying this bucket has
-    predicted_replay_ms: float
+    replay_ms: float  # a throwaway graph of this size
     eager_ms: float  # an eager step of smallest_step tokens
     kept: bool
 
 
 def large_bucket_candidates(small_limit: int, max_num_batched_tokens: int) -> list[int]:
-    """Powers of two above small_limit below the token budget, then the budget itself."""
-    sizes, size = [], 2 * small_limit
-    while size < max_num_batched_tokens:
-        sizes.append(size)
+    """1.5x and 2x small_limit, 1.5x and 2x that, ... below the token budget, then the
+    budget itself (small_limit a multiple of 16: so is every candidate)."""
+    assert small_limit % 2 == 0, small_limit
+    sizes, size = [], small_limit
+    while True:
+        sizes += [size + size // 2, 2 * size]
         size *= 2
-    return [*sizes, max_num_batched_tokens] if max_num_batched_tokens > small_limit else []
+        if sizes[-1] >= max_num_batched_tokens:
+            break
+    below = [s for s in sizes if s < max_num_batched_tokens]
+    return [*below, max_num_batched_tokens] if max_num_batched_tokens > small_limit else []
 
 
 def override_limit() -> int | None:
@@ -65,22 +71,22 @@ def override_limit() -> int | None:
 
 
 def choose_large_buckets(
-    candidates: Sequence[int], small_limit: int, replay_ms_per_token: float,
+    candidates: Sequence[int], small_limit: int, replay_ms: Callable[[int], float],
     eager_ms: Callable[[int], float],
 ) -> list[LargeBucketTiming]:  # fmt: skip
-    """Candidates in increasing order, each kept while its replay (replay_ms_per_token x
-    its size) is predicted at most REQUIRED_SPEEDUP of eager_ms(n) for n its smallest step
-    (the previous bucket + 1); the first one that is not ends the search, as a larger
-    bucket pads more and its steps are more GPU-bound still."""
+    """Candidates in increasing order, each kept while replay_ms(its size) is at most
+    REQUIRED_SPEEDUP of eager_ms(n) for n its smallest step (the previous bucket + 1); the
+    first one that is not ends the search, as a larger bucket's steps are more GPU-bound
+    still."""
     timings = []
     previous = small_limit
     for size in candidates:
         assert size > previous, "candidates must be increasing and above small_limit"
         smallest = previous + 1
-        predicted = replay_ms_per_token * size
         eager = eager_ms(smallest)
-        kept = predicted <= REQUIRED_SPEEDUP * eager
-        timings.append(LargeBucketTiming(size, smallest, predicted, eager, kept))
+        replay = replay_ms(size)
+        kept = replay <= REQUIRED_SPEEDUP * eager
+        timings.append(LargeBucketTiming(size, smallest, replay, eager, kept))
         if not kept:
             break
         previous = size

@@ -78,7 +78,7 @@ def run_lodger(model_dir, dtype: str, enforce_eager: bool, tune_matmuls: bool = 
     assert (graphs is None) == enforce_eager
     if graphs is not None:
         assert graphs.num_mixed_replays > 0, "the prompts' step replayed no graph"
-        assert 1024 in graphs.token_buckets, graphs.large_bucket_timings
+        assert graphs.token_buckets[-1] > 512, graphs.large_bucket_timings
         assert graphs.num_large_replays > 0, "the 520-token step replayed no graph"
     del llm, graphs  # give the card back for the next engine's KV-cache profiling
     gc.collect()

@@ -425,12 +425,12 @@ def test_large_prompt_bucket_replays_like_eager_on_cpu(llama_dir, monkeypatch):
     monkeypatch.setattr(cuda_graphs, "MAX_MIXED_GRAPH_TOKENS", 32)
     monkeypatch.setenv("LODGER_PROMPT_GRAPH_TOKENS", "64")
     runner, graphs = runner_with_prompt_graphs(llama_dir, 128)
-    assert graphs.token_buckets == [16, 32] and graphs.large_candidates == [64, 128]
+    assert graphs.token_buckets == [16, 32] and graphs.large_candidates == [48, 64, 96, 128]
     assert graphs.input_ids.shape[0] == 128 and graphs.max_mixed_seqs == 4
     graphs.token_buckets += graphs._choose_large_buckets()
-    assert graphs.token_buckets == [16, 32, 64]
+    assert graphs.token_buckets == [16, 32, 48, 64]
     replay_eagerly(graphs, runner.model_config.hidden_size, mixed=True)
     requests = covered_requests(llama_dir, [23, 17, 30], Blocks())
     with torch.inference_mode():
-        replay_against_eager(runner, graphs, scheduled(requests[:2], [23, 17]), 40)  # bucket 64
+        replay_against_eager(runner, graphs, scheduled(requests[:2], [23, 17]), 40)  # bucket 48
         assert not graphs.can_run(runner.prepare_inputs(scheduled(requests, [23, 17, 30])))
