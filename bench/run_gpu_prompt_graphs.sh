@@ -29,7 +29,7 @@ case "$part" in
       env_args=()
       [ "$limit" = 512 ] && env_args=(LODGER_PROMPT_GRAPH_TOKENS=512)
       env "${env_args[@]}" python3 -m bench.prefill_latency --shape qwen3-0.6b \
-        --lengths 256,512,1024,2048,4096 --repeats 4 --checkpoints "$checkpoints" \
+        --lengths 256,512,1024,2048,4096,8192 --repeats 4 --checkpoints "$checkpoints" \
         --out "$out/prefill-latency-qwen3-0.6b-$limit.json" 2>&1 |
         grep -v "incorrect regex" | tee -a "$out/prefill_latency.log" || rc=1
     done
