@@ -10,7 +10,7 @@
 #
 # tests: the end-to-end GPU tests; ttft: qwen3-0.6b time to first token by prompt length;
 # serving: a qwen3-0.6b serving A/B with 1024-token prompts; nano: a qwen3-0.6b nano A/B;
-# llama: which large buckets the timing keeps on an 8B model (expected: none) and a batch-1
+# llama: which large buckets the timing keeps on an 8B model (expected: few or none) and a batch-1
 # A/B. Logs and records under $OUT.
 set -uo pipefail
 [ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_prompt_graphs.sh tests|ttft|serving|nano|llama..." >&2; exit 2; }
@@ -64,6 +64,7 @@ records += [json.loads(f.read_text()) for f in out.glob("prefill-latency-*.json"
 for r in records:
     if "graph_token_buckets" in r:
         print(r["commit"], r.get("workload", "prefill_latency"), "buckets",
-              r["graph_token_buckets"][-4:], r["large_bucket_timings"])
+              r["graph_token_buckets"][-4:], "graphs' MiB", r.get("graph_memory_mib"),
+              r["large_bucket_timings"])
 PY
 exit $rc

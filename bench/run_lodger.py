@@ -18,7 +18,8 @@ def graph_summary(llm) -> dict:
     if graphs is None:
         return {}
     return {"graph_token_buckets": list(graphs.token_buckets),
-            "large_bucket_timings": [dataclasses.asdict(t) for t in graphs.large_bucket_timings]}
+            "large_bucket_timings": [dataclasses.asdict(t) for t in graphs.large_bucket_timings],
+            "graph_memory_mib": round(graphs.memory_bytes / 2**20, 1)}
 
 
 def run_lodger(model_dir: Path, workloads: list[Workload], options: dict) -> list[dict]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import time
 
 import torch
@@ -111,6 +112,7 @@ class CudaGraphs:
         self.num_mixed_replays = 0  # steps with prompt tokens that replayed a graph
         self.num_large_replays = 0  # those of them over MAX_MIXED_GRAPH_TOKENS tokens
         self.pool = None
+        self.memory_bytes = 0  # device memory capture() took
 
     def _tile_capacity(self, num_tokens: int) -> int:
         return max_prefill_tiles(num_tokens, self.max_mixed_seqs, self.tile_queries)
@@ -145,6 +147,8 @@ class CudaGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
+        torch.cuda.synchronize()
+        free_before, _ = torch.cuda.mem_get_info()
         self.token_buckets += self._choose_large_buckets()
         # largest first: its pool serves the rest
         order = sorted([(b, False) for b in self.buckets] + [(t, True) for t in self.token_buckets],
@@ -161,10 +165,13 @@ class CudaGraphs:
                                else (self.graphs, self.outputs))
             graphs[size], outputs[size] = graph, output
         torch.cuda.synchronize()
+        # the shared pool, the graphs themselves and what warm-ups left cached: memory the
+        # KV-cache sizing did not count (it comes out of 1 - gpu_memory_utilization)
+        self.memory_bytes = free_before - torch.cuda.mem_get_info()[0]
         logger.info(
             "captured %d CUDA graphs (decode batches %s; steps with prompt tokens of up to "
-            "%s tokens) in %.1f s", len(order), self.buckets, self.token_buckets,
-            time.perf_counter() - start,
+            "%s tokens) in %.1f s, using %.0f MiB", len(order), self.buckets,
+            self.token_buckets, time.perf_counter() - start, self.memory_bytes / 2**20,
         )
         for t in self.large_bucket_timings:
             logger.info(
@@ -192,15 +199,22 @@ class CudaGraphs:
         """Median replay time of a graph of `size` prompt tokens, captured in its own pool
         and given back: the kept buckets are captured later, largest first, in the shared
         pool."""
-        self._forward(size, mixed=True)  # warm up: compile and autotune outside the capture
-        torch.cuda.synchronize()
-        probe = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(probe, capture_error_mode="thread_local"):
-            self._forward(size, mixed=True)
-        replay_ms = median_ms(probe.replay)
-        del probe
-        torch.cuda.empty_cache()
-        return replay_ms
+        probe = None
+        try:
+            self._forward(size, mixed=True)  # warm up: compile and autotune outside capture
+            torch.cuda.synchronize()
+            probe = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(probe, capture_error_mode="thread_local"):
+                self._forward(size, mixed=True)
+            return median_ms(probe.replay)
+        except torch.cuda.OutOfMemoryError:
+            # what gpu_memory_utilization leaves free does not hold this bucket's
+            # activations beside the KV cache: not kept, and the search ends here
+            logger.warning("no memory for a prompt-step graph of %d tokens: not kept", size)
+            return math.inf
+        finally:
+            del probe
+            torch.cuda.empty_cache()
 
     def can_run(self, inputs: StepInputs) -> bool:
         """Decode-only batches that fit the largest bucket; other steps that fit the largest

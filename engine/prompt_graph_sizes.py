@@ -16,7 +16,8 @@ of at most N tokens (N = 512: none of them; for tests and A/B runs).
 Memory: the graphs' shared pool holds about one forward's activations at the largest
 kept bucket, which the KV-cache sizing does not count (it never counted the graphs'
 pool); for the small models that keep large buckets that is tens to a few hundred MiB,
-inside what gpu_memory_utilization leaves free.
+inside what gpu_memory_utilization leaves free, and CudaGraphs.capture logs what it took
+(`memory_bytes`). A candidate whose throwaway graph finds no memory is not kept.
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ def run_lodger(model_dir, dtype: str, enforce_eager: bool, tune_matmuls: bool = 
         assert graphs.num_mixed_replays > 0, "the prompts' step replayed no graph"
         assert graphs.token_buckets[-1] > 512, graphs.large_bucket_timings
         assert graphs.num_large_replays > 0, "the 520-token step replayed no graph"
+        assert graphs.memory_bytes > 0, "capture() measured no memory taken"
     del llm, graphs  # give the card back for the next engine's KV-cache profiling
     gc.collect()
     torch.cuda.empty_cache()

@@ -434,3 +434,34 @@ def test_large_prompt_bucket_replays_like_eager_on_cpu(llama_dir, monkeypatch):
     with torch.inference_mode():
         replay_against_eager(runner, graphs, scheduled(requests[:2], [23, 17]), 40)  # bucket 48
         assert not graphs.can_run(runner.prepare_inputs(scheduled(requests, [23, 17, 30])))
+
+
+def test_a_large_bucket_without_memory_is_not_kept_on_cpu(llama_dir, monkeypatch, caplog):
+    """The start-up timing with the device out of memory at the 96-token candidate: its
+    throwaway graph reports an infinite replay, so it is not kept and the search ends there
+    (timings are stand-ins: on the CPU nothing can be captured or timed)."""
+    from lodger.engine import cuda_graphs
+
+    monkeypatch.setattr(cuda_graphs, "MAX_MIXED_GRAPH_TOKENS", 32)
+    monkeypatch.delenv("LODGER_PROMPT_GRAPH_TOKENS", raising=False)
+    runner, graphs = runner_with_prompt_graphs(llama_dir, 128)
+    assert graphs.large_candidates == [48, 64, 96, 128]
+    real_probe = graphs._throwaway_replay_ms
+
+    def forward(size, mixed=False):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    def probe(size):
+        if size < 96:
+            return 1.0
+        monkeypatch.setattr(graphs, "_forward", forward)
+        return real_probe(size)  # the real method, its forward failing as on a full card
+
+    monkeypatch.setattr(graphs, "_throwaway_replay_ms", probe)
+    monkeypatch.setattr(cuda_graphs, "median_ms", lambda run: 10.0)
+    with caplog.at_level("WARNING", logger=cuda_graphs.__name__):
+        assert graphs._choose_large_buckets() == [48, 64]
+    assert [(t.size, t.kept) for t in graphs.large_bucket_timings] == [
+        (48, True), (64, True), (96, False)]
+    assert graphs.large_bucket_timings[-1].replay_ms == float("inf")
+    assert "no memory for a prompt-step graph of 96 tokens" in caplog.text
