@@ -230,8 +230,9 @@ def check_attention(out, q, k_cache, v_cache, meta, scale, dtype, num_tokens):
 @pytest.mark.parametrize("num_q_heads,num_kv_heads,head_dim", ATTENTION_SHAPES)
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_decode_attention(dtype, num_q_heads, num_kv_heads, head_dim, num_splits):
-    # contexts: one token, block boundaries (16, 17), tile boundaries (64, 65), several tiles
-    seq_lens = [1, 16, 17, 65, 150]
+    # contexts: one token, block boundaries (16, 17), the default 128-token tile's
+    # boundaries (128, 129), several tiles
+    seq_lens = [1, 16, 17, 128, 129, 300]
     q, k_cache, v_cache, meta = make_batch(
         [1] * len(seq_lens), seq_lens, num_heads=num_q_heads, num_kv_heads=num_kv_heads,
         head_dim=head_dim, block_size=16, dtype=dtype,
