@@ -47,8 +47,9 @@ def check(out, q, k_cache, v_cache, meta, scale):
 def test_decode_attention(num_q_heads, num_kv_heads, head_dim, num_splits):
     from lodger.kernels.decode_attention import decode_attention
 
-    seq_lens = [1, 16, 17, 64, 65, 1000, 4093, 8192]
-    q, k_cache, v_cache, meta = batch([1] * 8, seq_lens, num_q_heads, num_kv_heads, head_dim)
+    seq_lens = [1, 16, 17, 64, 65, 128, 129, 1000, 4093, 8192]  # 128: the default tile
+    q, k_cache, v_cache, meta = batch([1] * len(seq_lens), seq_lens, num_q_heads,
+                                      num_kv_heads, head_dim)
     scale = head_dim**-0.5
     out = decode_attention(q, k_cache, v_cache, meta, scale, num_splits=num_splits, out=nan_like(q))
     check(out, q, k_cache, v_cache, meta, scale)
