@@ -49,7 +49,8 @@ class LargeBucketTiming:
 
 def large_bucket_candidates(small_limit: int, max_num_batched_tokens: int) -> list[int]:
     """1.5x and 2x small_limit, 1.5x and 2x that, ... below the token budget, then the
-    budget itself (small_limit a multiple of 16: so is every candidate)."""
+    budget itself (small_limit a multiple of 32: every candidate below the budget is a
+    multiple of 16, as Triton's launches specialize on)."""
     assert small_limit % 2 == 0, small_limit
     sizes, size = [], small_limit
     while True:
