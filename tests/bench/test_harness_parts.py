@@ -70,6 +70,19 @@ def test_tiny_checkpoint_loads_in_transformers_and_is_reused(tmp_path):
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt
 
 
+def test_weights_drawn_in_a_child_process_are_the_same_weights(tmp_path):
+    """The GPU path draws weights in a spawned child (so the benchmark's process holds no
+    device memory); here on the CPU, against weights drawn in this process."""
+    import torch
+    from safetensors.torch import load_file
+
+    here = build_checkpoint("tiny", tmp_path / "here", dtype="float32", in_child=False)
+    child = build_checkpoint("tiny", tmp_path / "child", dtype="float32", in_child=True)
+    ours, theirs = load_file(here / "model.safetensors"), load_file(child / "model.safetensors")
+    assert ours.keys() == theirs.keys() and len(ours) > 5
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
 def test_bench_tokenizer_decodes_every_id_to_text():
     vocab = build_vocab(5000)
     assert len(vocab) == 5000 and sorted(vocab.values()) == list(range(5000))
