@@ -203,7 +203,9 @@ def build_checkpoint(name: str, root: Path, dtype: str = "bfloat16", device: str
     generation = {"eos_token_id": 0, "pad_token_id": 0, "do_sample": True}
     (path / "generation_config.json").write_text(json.dumps(generation, indent=1))
     save_bench_tokenizer(path, shape.vocab_size)
-    if device.startswith("cuda") if in_child is None else in_child:
+    if in_child is None:
+        in_child = device.startswith("cuda")
+    if in_child:
         write_weights_in_child(shape, path, dtype, device, seed)
     else:
         write_weights(shape, path, dtype, device, seed)
