@@ -34,7 +34,8 @@ class EngineConfig:
     # Share full KV blocks between requests with the same prefix.
     enable_prefix_caching: bool = True
     # Turn CUDA graphs off (on CUDA, decode steps of up to 512 requests and steps with
-    # prompt tokens of up to 512 tokens replay graphs; larger steps always run eagerly).
+    # prompt tokens of up to 512 tokens replay graphs, and larger prompt steps where timing
+    # at start finds a graph faster: engine/prompt_graph_sizes.py; the rest run eagerly).
     enforce_eager: bool = False
     # Schedule and launch each step before the previous one's sampled tokens reach the host,
     # so the host's work between steps overlaps the device's (see EngineCore.step). Steps

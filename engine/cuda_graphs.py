@@ -154,11 +154,7 @@ class CudaGraphs:
         order = sorted([(b, False) for b in self.buckets] + [(t, True) for t in self.token_buckets],
                        reverse=True)
         for size, mixed in order:
-            self._forward(size, mixed)  # warm up: compile and autotune outside the capture
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                output = self._forward(size, mixed)
+            graph, output = self._capture(size, mixed, self.pool)
             if self.pool is None:
                 self.pool = graph.pool()
             graphs, outputs = ((self.mixed_graphs, self.mixed_outputs) if mixed
@@ -179,6 +175,16 @@ class CudaGraphs:
                 "eager step of %d tokens", t.size, "kept" if t.kept else "not kept",
                 t.replay_ms, t.eager_ms, t.smallest_step,
             )
+
+    def _capture(self, size: int, mixed: bool, pool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        """A graph of one forward of `size` (decode batch, or prompt-step tokens if mixed)
+        over the static inputs, in `pool` (None: a pool of its own), and its output."""
+        self._forward(size, mixed)  # warm up: compile and autotune outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            output = self._forward(size, mixed)
+        return graph, output
 
     def _choose_large_buckets(self) -> list[int]:
         """The candidates above MAX_MIXED_GRAPH_TOKENS worth a graph on this model and card
@@ -201,11 +207,7 @@ class CudaGraphs:
         pool."""
         probe = None
         try:
-            self._forward(size, mixed=True)  # warm up: compile and autotune outside capture
-            torch.cuda.synchronize()
-            probe = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(probe, capture_error_mode="thread_local"):
-                self._forward(size, mixed=True)
+            probe, _ = self._capture(size, mixed=True, pool=None)
             return median_ms(probe.replay)
         except torch.cuda.OutOfMemoryError:
             # what gpu_memory_utilization leaves free does not hold this bucket's

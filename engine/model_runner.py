@@ -6,9 +6,9 @@ step (their last scheduled token), samples, and queues one copy of the results t
 `PendingStep.result()` waits for that copy alone, so the host may launch the next step
 first (async scheduling: `previous` is the step still running, whose sampled ids on the
 device feed the new step's inputs). `execute(out)` is launch + result.
-On CUDA, decode steps and steps of up to MAX_MIXED_GRAPH_TOKENS tokens with prompt tokens
-replay CUDA graphs (engine/cuda_graphs.py) unless `enforce_eager`; the CPU path never
-imports that module.
+On CUDA, decode steps and steps with prompt tokens up to the largest token bucket replay
+CUDA graphs (engine/cuda_graphs.py) unless `enforce_eager`; the CPU path never imports
+that module.
 """
 
 from __future__ import annotations

@@ -38,9 +38,13 @@ class AttentionMetadata:
         return self.seq_lens.shape[0]
 
 
+def _tiles_per_sequence(query_lens: np.ndarray, tile_queries: int) -> np.ndarray:
+    return (query_lens + tile_queries - 1) // tile_queries
+
+
 def num_prefill_tiles(query_lens: np.ndarray, tile_queries: int) -> int:
     """Rows plan_prefill_tiles writes for these per-sequence new-token counts."""
-    return int(((query_lens + tile_queries - 1) // tile_queries).sum())
+    return int(_tiles_per_sequence(query_lens, tile_queries).sum())
 
 
 def max_prefill_tiles(num_tokens: int, num_seqs: int, tile_queries: int) -> int:
@@ -53,7 +57,7 @@ def plan_prefill_tiles(query_lens: np.ndarray, tile_queries: int, out: np.ndarra
     """Write the prefill kernel's work list into out [P, 2] int32 (P from
     num_prefill_tiles): one row (sequence b, tile t) per tile_queries new tokens of b, the
     last (longest-running, causal) tile of each sequence first."""
-    tiles = (query_lens + tile_queries - 1) // tile_queries
+    tiles = _tiles_per_sequence(query_lens, tile_queries)
     assert out.shape == (int(tiles.sum()), 2), (out.shape, int(tiles.sum()))
     out[:, 0] = np.repeat(np.arange(len(query_lens)), tiles)
     ends = np.cumsum(tiles)  # row after each sequence's tiles
