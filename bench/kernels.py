@@ -9,7 +9,7 @@ CUDA graph captured with max_seq_len 40960 (max_model_len) over block tables tha
 Bytes counted are the fewest the op must move (each sequence's K/V once, q, out, the block
 table entries in use); time is the median of CUDA-event timings with L2 flushed between
 runs (triton.testing.do_bench), eager and as a CUDA-graph replay (how the engine runs
-decode). Prefill/extend attention and the small ops too. --sweep [decode|prefill|all] also
+decode). Prefill/extend attention and the small ops too. --sweep [decode|splits|prefill|all] also
 times launch configurations and prints them best first.
 """
 
@@ -282,6 +282,37 @@ def sweep_decode() -> list[dict]:
     return sorted(results, key=lambda r: -r["geomean_tb_s"])
 
 
+# split counts forced on engine-like batches of 32-128 sequences (nano's middle and tail:
+# after the first sequences finish, fewer of them with longer contexts), two tile shapes
+SPLIT_SWEEP_BATCHES = [(32, 100, 2000), (32, 1000, 2000), (64, 100, 2000), (64, 1000, 2000),
+                       (128, 100, 2000), (128, 1000, 2000)]  # fmt: skip
+SPLIT_SWEEP_COUNTS = [1, 2, 3, 4, 6, 8]
+SPLIT_SWEEP_TILES = [(128, 4, 3), (64, 4, 4)]
+
+
+def sweep_splits() -> list[dict]:
+    """Steady TB/s of each SPLIT_SWEEP_BATCHES case at each forced split count and tile
+    shape, beside the count the default heuristic picks."""
+    results = []
+    for batch, low, high in SPLIT_SWEEP_BATCHES:
+        inputs = DecodeInputs(uniform_case(f"{batch} x U[{low}, {high}] (graph)", batch, low, high))
+        default = choose_num_splits(batch, NUM_KV_HEADS, GRAPH_MAX_SEQ_LEN, DecodeConfig())
+        for block_n, warps, stages in SPLIT_SWEEP_TILES:
+            rates = []
+            for splits in SPLIT_SWEEP_COUNTS:
+                # target_programs of exactly `splits` per (sequence, kv head)
+                config = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages,
+                                      target_programs=splits * batch * NUM_KV_HEADS)  # fmt: skip
+                rates.append(decode_case(inputs, config, eager=False)["rotated_tb_s"])
+            row = {"case": inputs.case.name, "tile": [block_n, warps, stages],
+                   "splits": SPLIT_SWEEP_COUNTS, "tb_s": rates,
+                   "default_splits": default}  # fmt: skip
+            print(f"  {row['case']:28s} tile {row['tile']} default {default} splits: "
+                  f"{[round(r, 2) for r in rates]}", flush=True)
+            results.append(row)
+    return results
+
+
 def _score_decode(config: DecodeConfig, inputs: list[DecodeInputs]) -> dict:
     try:
         rates = [decode_case(i, config, eager=False)["rotated_tb_s"] for i in inputs]
@@ -319,7 +350,7 @@ def sweep_prefill() -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sweep", nargs="?", const="all", choices=["decode", "prefill", "all"],
+        "--sweep", nargs="?", const="all", choices=["decode", "splits", "prefill", "all"],
         help="also time launch configurations (default: all)",
     )  # fmt: skip
     parser.add_argument("--json", help="write all results to this file")
@@ -349,6 +380,10 @@ def main() -> None:
         print("decode sweep, best 4 at batch 1 (1 x 4k, 1 x 8k TB/s):")
         for row in sorted(report["decode_sweep"], key=lambda r: -r["tb_s"][0] * r["tb_s"][1])[:4]:
             print(f"  {round(row['tb_s'][0], 2)}, {round(row['tb_s'][1], 2)}  {row['config']}")
+    if args.sweep in ("splits", "all"):
+        print("\ndecode split counts (steady TB/s by forced split count):", flush=True)
+        report["split_sweep"] = sweep_splits()
+        write_json(report, args.json)
     if args.sweep in ("prefill", "all"):
         report["prefill_sweep"] = sweep_prefill()
         write_json(report, args.json)

@@ -1,7 +1,7 @@
 """Skinny matmuls of the decode step: cuBLAS against lodger's Triton kernel (not a test).
 
     python -m bench.linear [--shapes qwen3-0.6b llama3-8b] [--budget 240] [--json PATH]
-                           [--max-rows 256]
+                           [--max-rows 512]
 
 For each projection of the model (fused q/k/v, o, fused gate/up, down, LM head) and each
 decode batch size, times cuBLAS (F.linear) and every candidate launch configuration of
@@ -9,8 +9,8 @@ lodger.kernels.linear the start-up tuner would try, as the step runs them: one C
 of calls over rotating copies of the weight (over 256 MB in all, so nothing is read from
 L2 that a real step would read from memory). Prints per case cuBLAS, the best candidates
 and their bandwidth (weight + x + out bytes over time) against 3.0 TB/s. `--max-rows`
-offers the tl.dot candidates above the tuner's MAX_TUNED_ROWS too (the 128- and 256-row
-cases have none otherwise).
+offers the tl.dot candidates above the tuner's MAX_TUNED_ROWS (256) too (a 512-row case
+has none otherwise).
 """
 
 from __future__ import annotations

@@ -38,7 +38,10 @@ MIN_GAIN = 0.03  # the Triton kernel must be this much faster than cuBLAS to be 
 MAX_RELATIVE_ERROR = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 NUM_SMS_HINT = 132  # split K is tried only where fewer output tiles than an H100's SMs
 SHARED_MEMORY_BYTES = 220 * 1024  # an H100 block may have 227 KiB; pipelined tiles must fit
-MAX_TUNED_ROWS = 64  # above this cuBLAS won or tied every shape swept (docs/benchmarks.md)
+# the largest decode graph of the default max_num_seqs: at 128 and 256 rows the tuner picks
+# 128-row tiles for qwen3-0.6b's o and down projections, and nano gained 1-2% end to end
+# (docs/benchmarks.md, 2026-11-28); larger batches keep cuBLAS untimed
+MAX_TUNED_ROWS = 256
 
 
 def candidates(
@@ -47,8 +50,8 @@ def candidates(
     """Launch configurations worth timing for out [num_rows, num_cols], depth K (none
     above max_rows). From the H100 sweep (`python -m bench.linear`): the GEMV with few
     rows per program and long K chunks won at one or two rows; between, the tl.dot kernel
-    with one M tile and a split K where there are few output tiles. Above 64 rows (only
-    with a larger max_rows: the sweep's `--max-rows`), 128-row tiles on 8 warps too."""
+    with one M tile and a split K where there are few output tiles. Above 64 rows,
+    128-row tiles on 8 warps too."""
     if num_rows > max_rows:
         return []
     found: list[LinearConfig] = []

@@ -171,12 +171,21 @@ LINEAR_CONFIGS = [
     LinearConfig(kind="gemv", block_n=16, block_k=32),
     LinearConfig(block_m=16, block_n=32, block_k=32),
     LinearConfig(block_m=32, block_n=16, block_k=64, split_k=3, num_stages=3),
+    LinearConfig(block_m=128, block_n=32, block_k=32, split_k=2, num_warps=8),  # 128+ rows
 ]
 
 
+LINEAR_SHAPES = [(1, 40, 128), (3, 33, 200), (37, 64, 96), (150, 24, 64)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("config", LINEAR_CONFIGS, ids=str)
-@pytest.mark.parametrize("num_rows,num_cols,depth", [(1, 40, 128), (3, 33, 200), (37, 64, 96)])
+@pytest.mark.parametrize(
+    "config,num_rows,num_cols,depth",
+    [(config, *shape) for config in LINEAR_CONFIGS for shape in LINEAR_SHAPES
+     # the GEMV serves one or two rows; 150 rows is the tl.dot kernel's case (two M tiles)
+     if config.kind == "dot" or shape[0] < 64],
+    ids=str,
+)  # fmt: skip
 def test_linear(dtype, config, num_rows, num_cols, depth):
     """x @ w.T (+ bias) for odd sizes (masked rows, columns and K tail), into a poisoned out."""
     x = torch.randn(num_rows, depth + 8).to(dtype)[:, :depth]  # strided rows

@@ -22,12 +22,14 @@ def test_candidates_by_batch_size():
     # a split K only where the output tiles alone would leave SMs idle
     assert all(c.split_k == 1 for c in candidates(64, 28672, 4096))
     assert any(c.split_k > 1 for c in candidates(8, 1024, 2048))
-    # above MAX_TUNED_ROWS only when asked (bench.linear --max-rows): 128-row tiles too
-    wide = candidates(256, 4096, 1024, max_rows=256)
+    # above 64 rows (the decode graphs of 128 and 256 sequences): 128-row tiles too
+    assert MAX_TUNED_ROWS == 256
+    wide = candidates(256, 4096, 1024)
     assert wide and all(c.kind == "dot" for c in wide)
     assert {c.block_m for c in wide} == {64, 128}
     assert all(c.num_warps == 8 for c in wide if c.block_m == 128)
-    assert candidates(64, 4096, 1024) == candidates(64, 4096, 1024, max_rows=256)
+    # above MAX_TUNED_ROWS only when asked (bench.linear --max-rows)
+    assert candidates(512, 4096, 1024) == [] != candidates(512, 4096, 1024, max_rows=512)
 
 
 def test_shape_choice_lookup_takes_the_smallest_tuned_size_at_least_m():

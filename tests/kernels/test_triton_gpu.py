@@ -221,7 +221,7 @@ def test_rotary_stores_kv_in_the_same_pass():
     assert torch.equal(k_cache.view(-1, 8, 128)[slots[kept]], k[kept])
 
 
-@pytest.mark.parametrize("num_rows", [1, 2, 5, 64, 300])
+@pytest.mark.parametrize("num_rows", [1, 2, 5, 64, 200, 300])
 def test_linear_configs_and_tuned_dispatch(num_rows):
     """Every candidate launch configuration at Llama-3-8B's o projection and an odd shape
     with a bias against F.linear in bf16; then tuning records a choice and ops.linear
