@@ -42,10 +42,10 @@ class EngineConfig:
     # with a repetition/presence/frequency penalty in flight wait for it regardless.
     async_scheduling: bool = True
     # CUDA: at start-up, time cuBLAS against lodger's Triton matmul for each weight shape
-    # at each decode batch size up to 64 and use the faster (lodger.kernels.linear_tuning;
+    # at each decode batch size up to 256 and use the faster (lodger.kernels.linear_tuning;
     # small-batch decode gains most, docs/benchmarks.md). The choices are kept in a file
     # (lodger.kernels.tuning_cache), so only the first start on a card pays the timing and
-    # the Triton compiles of every candidate (ModelRunner.matmul_tuning_s; 10-30 s).
+    # the Triton compiles of every candidate (ModelRunner.matmul_tuning_s; 10-40 s).
     # 16-bit weights only (float32 keeps cuBLAS). False: cuBLAS everywhere, nothing timed.
     tune_matmuls: bool = True
     # Seed of the engine's own random state (unseeded sampling).
