@@ -50,12 +50,14 @@ def _decode_split_kernel(
     SINGLE_SPLIT: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    await_prior_kernel(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    # the step's inputs, which no kernel of the step writes, load while the previous kernel
+    # (the rotary pass, which writes q and the new K/V) may still run (kernels/pdl.py)
     seq_len = tl.load(seq_lens_ptr + seq)
     token = tl.load(query_start_ptr + seq).to(tl.int64)
+    await_prior_kernel(USE_PDL)
     # this split's share of the context, a whole number of tiles
     tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
     start = split * tiles_per_split * BLOCK_N

@@ -56,12 +56,16 @@ def _rotary_kernel(
 ):  # fmt: skip
     """One program per token: cos/sin of its position, then all q heads and all k heads;
     with WRITE_KV the rotated k and the v rows then go to the token's cache slot."""
-    await_prior_kernel(USE_PDL)
+    # the step's inputs and the cos/sin table, which no kernel of the step writes, load
+    # while the previous kernel (the q/k/v projection) may still run (kernels/pdl.py)
     token = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token)
     dims = tl.arange(0, HALF_PAD)[None, :]
     cos = tl.load(cache_ptr + position * stride_cache + dims, mask=dims < HALF, other=0.0)
     sin = tl.load(cache_ptr + position * stride_cache + HALF + dims, mask=dims < HALF, other=0.0)
+    if WRITE_KV:
+        slot = tl.load(slot_ptr + token)
+    await_prior_kernel(USE_PDL)
     _rotate_heads(
         q_ptr + token * stride_qt, stride_qh, num_q_heads, cos, sin, q_weight_ptr, eps,
         Q_HEADS_PAD, HALF, HALF_PAD, NORM,
@@ -70,8 +74,7 @@ def _rotary_kernel(
         k_ptr + token * stride_kt, stride_kh, num_kv_heads, cos, sin, k_weight_ptr, eps,
         KV_HEADS_PAD, HALF, HALF_PAD, NORM,
     )
-    if WRITE_KV:
-        slot = tl.load(slot_ptr + token)
+    if WRITE_KV:  # noqa: SIM102 - a compile-time branch: slot exists only under it
         if slot >= 0:  # -1: padding token of a CUDA-graph batch
             tl.debug_barrier()  # the rotated k rows above are stored by other threads
             store_token_kv(

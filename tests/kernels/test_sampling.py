@@ -104,27 +104,15 @@ def test_choose_num_splits():
 def test_kernel_compiles_for_hopper(dtype, write_uniforms):
     """Triton's compiler, not its interpreter, rejects some code (e.g. a global read in a
     kernel that is not a tl.constexpr instance): compile for sm_90 here, without a GPU."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    pytest.importorskip("triton")
+    from hopper_ptx import compile_for_hopper
 
-    kernel = sampling._sample_kernel
-    names = kernel.arg_names
-    signature = dict.fromkeys(names, "i32")
-    signature.update(
+    types = dict(
         logits_ptr=dtype, temperature_ptr="*fp32", seed_ptr="*i64", step_ptr="*i64",
         value_ptr="*fp32", index_ptr="*i64", uniform_ptr="*fp32", stride_row="i64",
-        WRITE_UNIFORMS="constexpr", LANE="constexpr",
     )  # fmt: skip
-    constexprs = {(names.index("WRITE_UNIFORMS"),): write_uniforms, (names.index("LANE"),): 1024}
-    aligned = [i for i, name in enumerate(names) if name.endswith("_ptr")]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    try:
-        source = ASTSource(kernel, signature, constexprs, attrs)
-    except TypeError as error:  # another Triton version's ASTSource
-        pytest.skip(f"ASTSource API: {error}")
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-    assert "cubin" in compiled.asm
+    constexprs = {"WRITE_UNIFORMS": write_uniforms, "LANE": 1024}
+    compile_for_hopper(sampling._sample_kernel, types, constexprs, num_warps=8)
 
 
 @pytest.mark.skipif(CUDA, reason="the compiled kernel is tested on the GPU below")
