@@ -7,13 +7,19 @@ this grid has started (`gdc_launch_dependents`), the next grid's programs are pl
 SMs and wait in `gdc_wait` until this grid has finished and its memory writes are visible.
 
 Every lodger kernel calls `await_prior_kernel(USE_PDL)` before its first global store and
-before it loads anything a kernel may write. What no kernel writes may load first: weights,
-which only the loader writes (the GEMV's first weight chunk and the RMSNorm weight do), and
-the step's inputs (positions, slot mapping, sequence lengths, query starts), which the
-runner copies in before the step's first kernel (the rotary pass and decode attention do).
-So each kernel still sees all earlier kernels' writes, and cannot overwrite memory an
-earlier kernel still reads: kernel N+1 waits for kernel N, which waited for N-1 before
-touching anything they share.
+before it loads anything the kernel before it may write. So each kernel still sees all
+earlier kernels' writes, and cannot overwrite memory an earlier kernel still reads: kernel
+N+1 waits for kernel N, which waited for N-1 before touching anything they share (and
+N+1 only starts once every program of N has passed that wait, so N-1 has finished).
+
+What no kernel of the step writes may load before the wait: weights, which only the loader
+writes (the GEMV's first weight chunk and the RMSNorm weight do), and the step's inputs
+(positions, slot mapping, sequence lengths, query starts), which the runner copies in
+before the step's first kernel (the rotary pass and decode attention do). Not every
+argument that starts on the host stays untouched, though: when the sampler has processed
+the logits, a torch op rewrites the temperatures right before the draw, so the sampling
+kernel loads everything after its wait.
+
 A kernel launched without PDL (cuBLAS, torch) starts after the previous one as usual, and
 the next waits for it as usual; CUDA graphs keep the PDL edges.
 
