@@ -20,7 +20,7 @@ class AttentionMetadata:
     seq_lens: Tensor  # [B] int32, context length after this step (cached + new)
     block_tables: Tensor  # [B, max_blocks] int32, block ids in order, padded with 0
     max_query_len: int  # max over b of the number of new tokens of sequence b
-    max_seq_len: int  # max over b of seq_lens[b]
+    max_seq_len: int  # max over b of seq_lens[b], or a bound on it (a CUDA graph's)
     # The prefill kernel's work list (see plan_prefill_tiles): [P, 2] int32 rows (sequence,
     # tile of prefill_tile_queries of its new tokens); rows with sequence -1 do nothing.
     # None: the kernel plans for itself (one device -> host copy of query_start_loc).

@@ -11,9 +11,10 @@ import pytest
 
 def compile_for_hopper(kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4,
                        launch_pdl: bool = False):  # fmt: skip
-    """triton.compile of `kernel` for sm_90: arguments not named in `types` are i32, those
-    ending in _ptr 16-byte aligned. Skips the calling test where this Triton's ASTSource
-    takes other arguments."""
+    """triton.compile of `kernel` for sm_90: arguments not named in `types` are i32; those
+    ending in _ptr and those starting with stride are multiples of 16, as launches with
+    such tensors specialize them (the loads' vector width and pipelining depend on it).
+    Skips the calling test where this Triton's ASTSource takes other arguments."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -21,7 +22,8 @@ def compile_for_hopper(kernel, types: dict[str, str], constexprs: dict, num_warp
     names = kernel.arg_names
     signature = dict.fromkeys(names, "i32") | types | dict.fromkeys(constexprs, "constexpr")
     constants = {(names.index(name),): value for name, value in constexprs.items()}
-    aligned = [i for i, name in enumerate(names) if name.endswith("_ptr")]
+    aligned = [i for i, name in enumerate(names)
+               if name.endswith("_ptr") or name.startswith("stride")]  # fmt: skip
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     try:
         source = ASTSource(kernel, signature, constants, attrs)

@@ -82,3 +82,92 @@ def test_dependent_chain_equals_the_chain_without_pdl(monkeypatch):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(static_out, expected), f"CUDA-graph replay {replay}, PDL on"
+
+
+ATTENTION_LAYERS = 16
+
+
+def attention_chain(x, qkv_layers, caches, positions, cos_sin, meta):
+    """Per layer: the rotary pass stores the new token's K/V, then decode attention reads
+    it with the rotary pass as the kernel right before it (the PDL edge under test); the
+    output feeds the next layer's q."""
+    from lodger.kernels.decode_attention import decode_attention
+    from lodger.kernels.rotary import apply_rotary
+
+    for qkv_base, (k_cache, v_cache) in zip(qkv_layers, caches, strict=True):
+        qkv = qkv_base.clone()
+        qkv[:, : 32 * 128] += x.reshape(1, -1)
+        q = qkv[:, : 32 * 128].view(1, 32, 128)
+        k = qkv[:, 32 * 128 : 40 * 128].view(1, 8, 128)
+        v = qkv[:, 40 * 128 :].view(1, 8, 128)
+        apply_rotary(q, k, positions, cos_sin, kv_cache=(v, k_cache, v_cache, meta.slot_mapping))
+        x = decode_attention(q, k_cache, v_cache, meta, 0.088)
+    return x
+
+
+@pytest.mark.parametrize("seq_len,max_seq_len", [(1000, 1000), (700, 8192), (700, 40960)])
+def test_decode_attention_after_the_rotary_pass_reads_the_new_kv(monkeypatch, seq_len,
+                                                                  max_seq_len):  # fmt: skip
+    """Batch-1 decode attention may read the cached K of a one-tile split before its PDL
+    wait, but not the newest token's, which the rotary pass right before it stores: with
+    that row poisoned (NaN) before each run, PDL on must give PDL off's result bit for bit,
+    eagerly and in graph replays. max_seq_len 1000 and 8192 take the one-tile variant (8
+    and 64 splits of at most one 128-token tile), 40960 the loop."""
+    from kernel_batches import make_batch
+
+    from lodger.kernels.decode_attention import (
+        DecodeConfig,
+        choose_num_splits,
+        max_tiles_per_split,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    _, k_cache, v_cache, meta = make_batch(
+        [1], [seq_len], num_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
+        dtype=torch.bfloat16, device="cuda", generator=gen,
+    )  # fmt: skip
+    # one cache per layer, the same block layout (one block table), each layer's own
+    # new K/V from its own qkv
+    caches = [(k_cache.clone(), v_cache.clone()) for _ in range(ATTENTION_LAYERS)]
+    meta.max_seq_len = max_seq_len  # a CUDA graph's is max_model_len
+    splits = choose_num_splits(1, 8, max_seq_len, DecodeConfig())
+    one_tile = max_tiles_per_split(max_seq_len, DecodeConfig().block_n, splits) == 1
+    assert one_tile == (max_seq_len <= 8192)
+    qkv_layers = [torch.randn(1, 48 * 128, generator=gen).to("cuda", torch.bfloat16)
+                  for _ in range(ATTENTION_LAYERS)]  # fmt: skip
+    angles = torch.rand(8192 * 5, 64, generator=gen).to("cuda") * 1000
+    cos_sin = torch.cat([angles.cos(), angles.sin()], dim=-1)
+    positions = torch.tensor([seq_len - 1], device="cuda")
+    x0 = torch.zeros(1, 32 * 128, device="cuda", dtype=torch.bfloat16)
+    slot = int(meta.slot_mapping[0])
+    pristine = [(k.clone(), v.clone()) for k, v in caches]
+
+    def reset() -> None:
+        for (k, v), (k0, v0) in zip(caches, pristine, strict=True):
+            k.copy_(k0)
+            v.copy_(v0)
+            k.view(-1, 8, 128)[slot] = float("nan")
+            v.view(-1, 8, 128)[slot] = float("nan")
+        torch.cuda.synchronize()
+
+    set_pdl(monkeypatch, False)
+    reset()
+    expected = attention_chain(x0, qkv_layers, caches, positions, cos_sin, meta).clone()
+    assert torch.isfinite(expected.float()).all()
+
+    set_pdl(monkeypatch, True)
+    reset()
+    got = attention_chain(x0, qkv_layers, caches, positions, cos_sin, meta)
+    assert torch.equal(got, expected), "eager, PDL on"
+
+    reset()
+    attention_chain(x0, qkv_layers, caches, positions, cos_sin, meta)  # compile first
+    reset()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = attention_chain(x0, qkv_layers, caches, positions, cos_sin, meta)
+    for replay in range(5):
+        reset()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out, expected), f"CUDA-graph replay {replay}, PDL on"
