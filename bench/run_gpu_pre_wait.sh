@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Loads before the PDL wait (kernels/pdl.py: the rotary pass's inputs, decode attention's
+# metadata and, in its one-tile variant, its cached K) on the GPU, against main. From the
+# repository root, carrying .whl and .baseline (main's tree:
+#   rm -rf .baseline && mkdir .baseline && git archive main engine kernels asgi sdk bench \
+#       lodger_pkg/*.py | tar -x -C .baseline
+# ), one or more parts, each a device call of at most 10 minutes:
+#
+#   LODGER_COMMIT=<hash> BASELINE_COMMIT=<main> bash bench/run_gpu_pre_wait.sh tests kernels  # ~6 min
+#   LODGER_COMMIT=<hash> BASELINE_COMMIT=<main> bash bench/run_gpu_pre_wait.sh batch1 nano    # ~5 min
+#
+# tests: the PDL and kernel GPU tests, the PTX-order tests on this Triton, the end-to-end
+# GPU tests; kernels: bench/kernels.py's tables for both trees (decode at batch 1 is the
+# point); batch1: Llama-3-8B batch-1 decode, two rounds, main first; nano: one round.
+set -uo pipefail
+[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_pre_wait.sh tests|kernels|batch1|nano..." >&2; exit 2; }
+[ -d .baseline ] || { echo ".baseline (main's tree) is missing: see the header" >&2; exit 2; }
+commit=${LODGER_COMMIT:-unknown}
+baseline_commit=${BASELINE_COMMIT:-main}
+rc=0
+for part in "$@"; do
+case "$part" in
+  tests)
+    (source bench/gpu_env.sh &&
+      python3 -m pytest -q -p no:cacheprovider tests/kernels/test_pdl_order.py \
+        tests/kernels/test_pdl_gpu.py tests/kernels/test_triton_gpu.py \
+        -k "pdl or decode or rotary or hopper" 2>&1 | tail -15 | tee "$out/kernel_tests.log" &&
+      python3 -m pytest -m gpu tests/engine/test_cuda_end_to_end.py -q -p no:cacheprovider -x \
+        --tb=short 2>&1 | tail -15 | tee "$out/e2e.log") || rc=1
+    ;;
+  kernels)
+    for tree in .baseline .; do
+      (root=$(pwd) && cd "$tree" && export LODGER_WHEELS="$root/.whl" &&
+        source bench/gpu_env.sh >/dev/null &&
+        python3 bench/kernels.py --json "$out/kernels-$([ "$tree" = . ] && echo new || echo main).json" \
+          2>&1 | sed -n '/paged decode attention/,/^$/p' | tee -a "$out/kernels.log") || rc=1
+    done
+    ;;
+  batch1)
+    for round in 1 2; do
+      LODGER_COMMIT=$commit BASELINE_COMMIT=$baseline_commit bash bench/run_gpu_ab.sh .baseline \
+        --shape llama3-8b --workloads batch1 --timeout 200 || rc=1
+    done
+    ;;
+  nano)
+    LODGER_COMMIT=$commit BASELINE_COMMIT=$baseline_commit bash bench/run_gpu_ab.sh .baseline \
+      --shape qwen3-0.6b --workloads nano --timeout 200 || rc=1
+    ;;
+  *)
+    echo "unknown part $part: tests, kernels, batch1 or nano" >&2
+    exit 2
+    ;;
+esac
+done
+exit $rc
