@@ -24,7 +24,7 @@ case "$part" in
     (source bench/gpu_env.sh &&
       python3 -m pytest -q -p no:cacheprovider tests/kernels/test_pdl_order.py \
         tests/kernels/test_pdl_gpu.py tests/kernels/test_triton_gpu.py \
-        -k "pdl or decode or rotary or hopper" 2>&1 | tail -15 | tee "$out/kernel_tests.log" &&
+        -k "pdl or decode or rotary or hopper or linear_configs" 2>&1 | tail -15 | tee "$out/kernel_tests.log" &&
       python3 -m pytest -m gpu tests/engine/test_cuda_end_to_end.py -q -p no:cacheprovider -x \
         --tb=short 2>&1 | tail -15 | tee "$out/e2e.log") || rc=1
     ;;
