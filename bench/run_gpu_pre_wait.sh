@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Loads before the PDL wait (kernels/pdl.py: the rotary pass's inputs, decode attention's
-# metadata and, in its one-tile variant, its cached K) on the GPU, against main. From the
-# repository root, carrying .whl and .baseline (main's tree:
+# metadata) on the GPU, against main. From the repository root, carrying .whl and .baseline
+# (main's tree:
 #   rm -rf .baseline && mkdir .baseline && git archive main engine kernels asgi sdk bench \
 #       lodger_pkg/*.py | tar -x -C .baseline
 # ), one or more parts, each a device call of at most 10 minutes:

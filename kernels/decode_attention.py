@@ -7,10 +7,7 @@ and scores it against all the q heads that share kv_head (GQA of any ratio; the 
 padded to 16 rows for tl.dot). Each split keeps an online softmax in float32; with several
 splits a second kernel merges their partial outputs by log-sum-exp. Splits are sized per
 sequence on the device, so the split count picked at launch (or at CUDA-graph capture) is
-correct for any context length; it only trades parallelism against merge traffic. Where no
-split of the launch can hold more than one tile (max_seq_len over the split count: batch 1
-up to 8k tokens, a Llama-3 CUDA graph's), a variant without the tile loop loads the tile's
-cached K before its PDL wait, so that it overlaps the rotary pass (kernels/pdl.py).
+correct for any context length; it only trades parallelism against merge traffic.
 """
 
 from dataclasses import dataclass
@@ -39,32 +36,6 @@ class DecodeConfig:
 
 
 @triton.jit
-def _tile_offsets(table, positions, valid, head_offset, stride_cache_block, stride_cache_slot,
-                  BLOCK_SIZE: tl.constexpr):  # fmt: skip
-    """Cache offsets of the tile's context positions (their block ids from the table)."""
-    block_ids = tl.load(table + positions // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-    offsets = block_ids * stride_cache_block + (positions % BLOCK_SIZE) * stride_cache_slot
-    return offsets + head_offset
-
-
-@triton.jit
-def _softmax_tile(q, k, valid, m, denom, scale_log2, DOT_PRECISION: tl.constexpr):
-    """One tile of the online softmax: (new running max, rescale of the old terms, the
-    tile's weights, new denominator)."""
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-    scores = tl.where(valid[None, :], scores, float("-inf"))
-    m_new = tl.maximum(m, tl.max(scores, axis=1))
-    alpha = tl.exp2(m - m_new)
-    p = tl.exp2(scores - m_new[:, None])
-    return m_new, alpha, p, denom * alpha + tl.sum(p, axis=1)
-
-
-@triton.jit
-def _accumulate_tile(acc, alpha, p, v, DOT_PRECISION: tl.constexpr):
-    return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-
-
-@triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
     out_ptr, partial_ptr, lse_ptr,
@@ -76,77 +47,54 @@ def _decode_split_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    SINGLE_SPLIT: tl.constexpr, ONE_TILE: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    # the step's inputs, which no kernel of the step writes, load while the previous kernel
+    # (the rotary pass, which writes q and the new K/V) may still run (kernels/pdl.py)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    token = tl.load(query_start_ptr + seq).to(tl.int64)
+    await_prior_kernel(USE_PDL)
+    # this split's share of the context, a whole number of tiles
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
+    start = split * tiles_per_split * BLOCK_N
+    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+
     rows = tl.arange(0, GROUP_PAD)
     heads = kv_head * GROUP + rows
     row_mask = rows < GROUP
     dims = tl.arange(0, DIM_PAD)
     dim_mask = dims < HEAD_DIM
-    table = block_tables_ptr + seq.to(tl.int64) * stride_table
-    head_offset = kv_head * stride_cache_head
-    # the step's inputs, which no kernel of the step writes, load before the PDL wait
-    # (kernels/pdl.py), while the kernel before this one (the rotary pass) may still run;
-    # so do the block table and the cached K of a one-tile split, below
-    seq_len = tl.load(seq_lens_ptr + seq)
-    token = tl.load(query_start_ptr + seq).to(tl.int64)
-    q_ptrs = q_ptr + token * stride_qt + heads[:, None] * stride_qh + dims[None, :]
-    q_mask = row_mask[:, None] & dim_mask[None, :]
-    # this split's share of the context, a whole number of tiles
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
-    start = split * tiles_per_split * BLOCK_N
-    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+    q = tl.load(
+        q_ptr + token * stride_qt + heads[:, None] * stride_qh + dims[None, :],
+        mask=row_mask[:, None] & dim_mask[None, :], other=0.0,
+    )  # fmt: skip
+
     m = tl.full([GROUP_PAD], -1.0e30, tl.float32)  # running max of the log2-scaled scores
     denom = tl.zeros([GROUP_PAD], tl.float32)  # running sum of exp2(score - m)
     acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
-    if ONE_TILE:
-        # One tile (or none: an empty split masks it all and leaves m, denom, acc as they
-        # are), the case of small batches and short contexts, where the kernel is a chain
-        # of load latencies: the tile's K loads before the wait too, all but the newest
-        # token's row, which the rotary pass stores, so it overlaps that kernel instead of
-        # following it. (V still loads after the scores: holding both tiles from before
-        # the wait took every register on sm_90 and spilled.)
-        positions = start + tl.arange(0, BLOCK_N)
+    table = block_tables_ptr + seq.to(tl.int64) * stride_table
+    head_offset = kv_head * stride_cache_head
+    for tile_start in range(start, end, BLOCK_N):
+        positions = tile_start + tl.arange(0, BLOCK_N)
         valid = positions < end
-        offsets = _tile_offsets(table, positions, valid, head_offset, stride_cache_block,
-                                stride_cache_slot, BLOCK_SIZE)  # fmt: skip
-        kv_ptrs = offsets[:, None] + dims[None, :]
-        newest = seq_len - 1  # the token this step added
-        cached = (valid & (positions < newest))[:, None] & dim_mask[None, :]
-        k = tl.load(k_cache_ptr + kv_ptrs, mask=cached, other=0.0)
-        newest_block = tl.load(table + newest // BLOCK_SIZE).to(tl.int64)
-        newest_row = (newest_block * stride_cache_block + (newest % BLOCK_SIZE) * stride_cache_slot
-                      + head_offset + dims)  # fmt: skip
-        await_prior_kernel(USE_PDL)
-        # the newest token's row as one [D] load (every split reads it, from L2 after the
-        # first; only the split whose tile holds it uses it: positions == newest is valid)
-        is_newest = (positions == newest)[:, None]
-        k_newest = tl.load(k_cache_ptr + newest_row, mask=dim_mask, other=0.0)
-        k = tl.where(is_newest, k_newest[None, :], k)
-        q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-        m, alpha, p, denom = _softmax_tile(q, k, valid, m, denom, scale_log2, DOT_PRECISION)
-        v = tl.load(v_cache_ptr + kv_ptrs, mask=valid[:, None] & dim_mask[None, :], other=0.0)
-        acc = _accumulate_tile(acc, alpha, p, v, DOT_PRECISION)
-    else:
-        # several tiles: all after the wait, so that the compiler's pipelining of the loop
-        # keeps the next tiles' loads in flight from the start
-        await_prior_kernel(USE_PDL)
-        q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-        for tile_start in range(start, end, BLOCK_N):
-            positions = tile_start + tl.arange(0, BLOCK_N)
-            valid = positions < end
-            offsets = _tile_offsets(table, positions, valid, head_offset, stride_cache_block,
-                                    stride_cache_slot, BLOCK_SIZE)  # fmt: skip
-            kv_ptrs = offsets[:, None] + dims[None, :]
-            kv_mask = valid[:, None] & dim_mask[None, :]
-            k = tl.load(k_cache_ptr + kv_ptrs, mask=kv_mask, other=0.0)
-            m, alpha, p, denom = _softmax_tile(q, k, valid, m, denom, scale_log2, DOT_PRECISION)
-            v = tl.load(v_cache_ptr + kv_ptrs, mask=kv_mask, other=0.0)
-            acc = _accumulate_tile(acc, alpha, p, v, DOT_PRECISION)
+        block_ids = tl.load(table + positions // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        offsets = block_ids * stride_cache_block + (positions % BLOCK_SIZE) * stride_cache_slot
+        offsets = offsets + head_offset
+        kv_mask = valid[:, None] & dim_mask[None, :]
+        k = tl.load(k_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        denom = denom * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m = m_new
 
     out = acc / tl.where(denom > 0, denom, 1.0)[:, None]  # an empty split has denom == acc == 0
     out_mask = row_mask[:, None] & dim_mask[None, :]
@@ -197,11 +145,6 @@ def choose_num_splits(
     wanted = triton.cdiv(config.target_programs, num_seqs * num_kv_heads)
     most = max(1, triton.cdiv(max_seq_len, config.min_tokens_per_split))
     return max(1, min(wanted, most, 64))
-
-
-def max_tiles_per_split(max_seq_len: int, block_n: int, num_splits: int) -> int:
-    """The most tiles a split of any sequence of at most max_seq_len tokens holds."""
-    return triton.cdiv(triton.cdiv(max_seq_len, block_n), num_splits)
 
 
 def check_attention_args(q: Tensor, k_cache: Tensor, v_cache: Tensor, meta: AttentionMetadata):
@@ -264,9 +207,6 @@ def decode_attention(
 
     num_splits overrides the heuristic (tests use it to force both paths); out, if given,
     is written instead of a new tensor (a CUDA-graph buffer, or a poisoned one in tests).
-    Under PDL (kernels/pdl.py) a one-tile split reads its cached K before the previous
-    kernel has finished: that kernel may write each sequence's newest K/V row (the rotary
-    pass does) but no other cache row, nor the metadata.
     """
     config = config or DecodeConfig()
     num_seqs, num_q_heads, num_kv_heads, head_dim = check_attention_args(q, k_cache, v_cache, meta)
@@ -300,7 +240,6 @@ def decode_attention(
         HEAD_DIM=head_dim, DIM_PAD=dim_pad,
         BLOCK_SIZE=k_cache.shape[1], BLOCK_N=config.block_n,
         SINGLE_SPLIT=num_splits == 1, NUM_Q_HEADS=num_q_heads,
-        ONE_TILE=max_tiles_per_split(meta.max_seq_len, config.block_n, num_splits) == 1,
         DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(q.device),
     )  # fmt: skip

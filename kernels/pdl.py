@@ -15,8 +15,7 @@ N+1 only starts once every program of N has passed that wait, so N-1 has finishe
 What no kernel of the step writes may load before the wait: weights, which only the loader
 writes (the GEMV's first weight chunk and the RMSNorm weight do), and the step's inputs
 (positions, slot mapping, sequence lengths, query starts), which the runner copies in
-before the step's first kernel (the rotary pass and decode attention do), and what earlier
-steps wrote: decode attention's K of every context token but the newest. Not every
+before the step's first kernel (the rotary pass and decode attention do). Not every
 argument that starts on the host stays untouched, though: when the sampler has processed
 the logits, a torch op rewrites the temperatures right before the draw, so the sampling
 kernel loads everything after its wait.

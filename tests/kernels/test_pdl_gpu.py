@@ -108,18 +108,12 @@ def attention_chain(x, qkv_layers, caches, positions, cos_sin, meta):
 @pytest.mark.parametrize("seq_len,max_seq_len", [(1000, 1000), (700, 8192), (700, 40960)])
 def test_decode_attention_after_the_rotary_pass_reads_the_new_kv(monkeypatch, seq_len,
                                                                   max_seq_len):  # fmt: skip
-    """Batch-1 decode attention may read the cached K of a one-tile split before its PDL
-    wait, but not the newest token's, which the rotary pass right before it stores: with
-    that row poisoned (NaN) before each run, PDL on must give PDL off's result bit for bit,
-    eagerly and in graph replays. max_seq_len 1000 and 8192 take the one-tile variant (8
-    and 64 splits of at most one 128-token tile), 40960 the loop."""
+    """Batch-1 decode attention loads its sequence length and query start before its PDL
+    wait, and the cache only after it: the rotary pass right before it stores the newest
+    token's K/V row. With that row poisoned (NaN) before each run, PDL on must give PDL
+    off's result bit for bit, eagerly and in graph replays, at split counts of 8 (1000
+    tokens) and 64 (a CUDA graph's max_seq_len 8192 or 40960)."""
     from kernel_batches import make_batch
-
-    from lodger.kernels.decode_attention import (
-        DecodeConfig,
-        choose_num_splits,
-        max_tiles_per_split,
-    )
 
     gen = torch.Generator().manual_seed(0)
     _, k_cache, v_cache, meta = make_batch(
@@ -130,9 +124,6 @@ def test_decode_attention_after_the_rotary_pass_reads_the_new_kv(monkeypatch, se
     # new K/V from its own qkv
     caches = [(k_cache.clone(), v_cache.clone()) for _ in range(ATTENTION_LAYERS)]
     meta.max_seq_len = max_seq_len  # a CUDA graph's is max_model_len
-    splits = choose_num_splits(1, 8, max_seq_len, DecodeConfig())
-    one_tile = max_tiles_per_split(max_seq_len, DecodeConfig().block_n, splits) == 1
-    assert one_tile == (max_seq_len <= 8192)
     qkv_layers = [torch.randn(1, 48 * 128, generator=gen).to("cuda", torch.bfloat16)
                   for _ in range(ATTENTION_LAYERS)]  # fmt: skip
     angles = torch.rand(8192 * 5, 64, generator=gen).to("cuda") * 1000

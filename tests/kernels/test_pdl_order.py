@@ -2,11 +2,10 @@
 
 Under programmatic dependent launch a kernel may load what no kernel of the step writes
 before `griddepcontrol.wait` (kernels/pdl.py): the rotary pass its position, cos/sin and
-cache slot, decode attention its sequence length and query start, and in its one-tile
-variant (no split of the launch holds more than one tile) the block table and that tile's
-cached K. That takes their load latency off the chain of dependent
-kernels a batch-1 decode step is. Everything else, and every store, must come after the
-wait; the GPU tests (test_pdl_gpu.py, test_triton_gpu.py) check the results.
+cache slot, decode attention its sequence length and query start. That takes their load
+latency off the chain of dependent kernels a batch-1 decode step is. Everything else, and
+every store, must come after the wait; the GPU tests (test_pdl_gpu.py, test_triton_gpu.py)
+check the results.
 """
 
 import pytest
@@ -50,8 +49,7 @@ def test_rotary_loads_its_inputs_before_the_wait(write_kv):
     assert "st.global" not in before and global_loads(after) >= 2
 
 
-@pytest.mark.parametrize("one_tile", [True, False])
-def test_decode_attention_loads_its_metadata_and_a_one_tile_split_before_the_wait(one_tile):
+def test_decode_attention_loads_its_metadata_before_the_wait():
     types = dict(
         q_ptr="*bf16", k_cache_ptr="*bf16", v_cache_ptr="*bf16", block_tables_ptr="*i32",
         seq_lens_ptr="*i32", query_start_ptr="*i32", out_ptr="*bf16", partial_ptr="*fp32",
@@ -60,15 +58,11 @@ def test_decode_attention_loads_its_metadata_and_a_one_tile_split_before_the_wai
     )  # fmt: skip
     constexprs = dict(
         GROUP=2, GROUP_PAD=16, HEAD_DIM=128, DIM_PAD=128, BLOCK_SIZE=16, BLOCK_N=128,
-        SINGLE_SPLIT=False, ONE_TILE=one_tile, NUM_Q_HEADS=16, DOT_PRECISION="tf32",
-        USE_PDL=True,
+        SINGLE_SPLIT=False, NUM_Q_HEADS=16, DOT_PRECISION="tf32", USE_PDL=True,
     )  # fmt: skip
     compiled = compile_for_hopper(
         decode_attention._decode_split_kernel, types, constexprs, launch_pdl=True
     )
     before, after = split_at_wait(compiled.asm["ptx"])
-    # the sequence's length and its query's row; with one tile, also two block-table
-    # entries (the tile's, the newest token's) and the tile's K in 16-byte loads, 16 a
-    # thread of 4 warps for 128 tokens x 128 dims
-    assert global_loads(before) == (2 + 2 + 16 if one_tile else 2)
+    assert global_loads(before) == 2  # the sequence's length and its query's row
     assert "st.global" not in before and "st.global" in after
