@@ -32,7 +32,10 @@ class DecodeConfig:
     num_warps: int = 4
     num_stages: int = 3  # software-pipelining depth of the tile loads (GPU only)
     min_tokens_per_split: int = 128  # don't split a context finer than this
-    target_programs: int = 528  # aim for this many programs (4 per SM of an H100)
+    # aim for this many programs: 4 per SM of an H100 (132 SMs), though 3 fit an SM at once
+    # (sm_90, Triton 3.6: 74 KB of shared memory, ~160 registers); the split sweep in
+    # docs/benchmarks.md found no better count
+    target_programs: int = 528
 
 
 @triton.jit
