@@ -9,8 +9,8 @@ CUDA graph captured with max_seq_len 40960 (max_model_len) over block tables tha
 Bytes counted are the fewest the op must move (each sequence's K/V once, q, out, the block
 table entries in use); time is the median of CUDA-event timings with L2 flushed between
 runs (triton.testing.do_bench), eager and as a CUDA-graph replay (how the engine runs
-decode). Prefill/extend attention and the small ops too. --sweep [decode|splits|prefill|all] also
-times launch configurations and prints them best first.
+decode). Prefill/extend attention and the small ops too. --sweep
+[decode|splits|buffers|prefill|all] also times launch configurations.
 """
 
 import argparse
@@ -282,6 +282,23 @@ def sweep_decode() -> list[dict]:
     return sorted(results, key=lambda r: -r["geomean_tb_s"])
 
 
+# deeper pipelines: with the block-table load taking one stage, Triton 3.6 gives K and V two
+# buffers from 5 stages on (one below), so a program's next tile loads while it computes;
+# (32, 4, 7) three. The default first; offline sm_90 occupancy in docs/benchmarks.md
+BUFFER_SWEEP_TILES = [(128, 4, 3), (32, 4, 5), (32, 4, 7), (64, 4, 5), (64, 8, 5)]
+
+
+def sweep_buffers() -> list[dict]:
+    """BUFFER_SWEEP_TILES with the default split, scored like sweep_decode over its cases
+    and the 64-sequence graph-width case (nano's middle steps)."""
+    cases = [fixed_case(1, 4096), fixed_case(1, 8192), fixed_case(32, 4096),
+             fixed_case(128, 1024), *DECODE_CASES[-3:]]  # fmt: skip
+    inputs = [DecodeInputs(case) for case in cases]
+    return [_score_decode(DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages),
+                          inputs)
+            for block_n, warps, stages in BUFFER_SWEEP_TILES]  # fmt: skip
+
+
 # split counts forced on engine-like batches of 32-128 sequences (nano's middle and tail:
 # after the first sequences finish, fewer of them with longer contexts), two tile shapes
 SPLIT_SWEEP_BATCHES = [(32, 100, 2000), (32, 1000, 2000), (64, 100, 2000), (64, 1000, 2000),
@@ -350,7 +367,8 @@ def sweep_prefill() -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sweep", nargs="?", const="all", choices=["decode", "splits", "prefill", "all"],
+        "--sweep", nargs="?", const="all",
+        choices=["decode", "splits", "buffers", "prefill", "all"],
         help="also time launch configurations (default: all)",
     )  # fmt: skip
     parser.add_argument("--json", help="write all results to this file")
@@ -383,6 +401,10 @@ def main() -> None:
     if args.sweep in ("splits", "all"):
         print("\ndecode split counts (steady TB/s by forced split count):", flush=True)
         report["split_sweep"] = sweep_splits()
+        write_json(report, args.json)
+    if args.sweep in ("buffers", "all"):
+        print("\ndecode pipeline depth (geomean of steady TB/s, then per case):", flush=True)
+        report["buffer_sweep"] = sweep_buffers()
         write_json(report, args.json)
     if args.sweep in ("prefill", "all"):
         report["prefill_sweep"] = sweep_prefill()
