@@ -356,3 +356,19 @@ def test_each_serving_workload_keeps_its_table_and_goals_round_down(tmp_path):
     assert "#### qwen3-0.6b, workload fixed-128-128-400" in text and "| 22.0 |" in text
     # the newest record sets the status; the best one stands beside it
     assert "| 179.9 tok/s | 99% of it | 181.0 tok/s (`older`, 2025-12-31) |" in text
+
+
+def test_goal_takes_the_newest_committed_tree_and_the_best_of_any():
+    from bench.report import goals_table
+
+    def nano(date, commit, tok_s):
+        return _record(kind="ab", engine="lodger", workload="nano", date=date, commit=commit,
+                       output_tok_per_s=tok_s, req_per_s=1.0, elapsed_s=1.0, ab_call=1)
+
+    ab = [nano("2026-01-01", "abc1234-fast", 21000.0), nano("2026-01-02", "abc1234", 19000.0),
+          nano("2026-01-03", "abc1234-slow", 18000.0)]
+    row = next(line for line in goals_table([], ab).splitlines() if line.startswith("| nano"))
+    # newest: the committed tree, not the later rejected candidate; best: any tree
+    assert "| 19,000.0 tok/s | 95% of it |" in row and "21,000.0 tok/s (`abc1234-fast`" in row
+    only_candidates = goals_table([], ab[:1])
+    assert "| 21,000.0 tok/s | met | this one |" in only_candidates
