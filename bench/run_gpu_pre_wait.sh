@@ -21,12 +21,7 @@ rc=0
 for part in "$@"; do
 case "$part" in
   tests)
-    (source bench/gpu_env.sh &&
-      python3 -m pytest -q -p no:cacheprovider tests/kernels/test_pdl_order.py \
-        tests/kernels/test_pdl_gpu.py tests/kernels/test_triton_gpu.py \
-        -k "pdl or decode or rotary or hopper or linear_configs" 2>&1 | tail -15 | tee "$out/kernel_tests.log" &&
-      python3 -m pytest -m gpu tests/engine/test_cuda_end_to_end.py -q -p no:cacheprovider -x \
-        --tb=short 2>&1 | tail -15 | tee "$out/e2e.log") || rc=1
+    bash bench/gpu_tests.sh "pdl or decode or rotary or hopper or linear_configs" || rc=1
     ;;
   kernels)
     for tree in .baseline .; do

@@ -21,8 +21,7 @@ rc=0
 for part in "$@"; do
 case "$part" in
   tests)
-    python3 -m pytest -m gpu tests/engine/test_cuda_end_to_end.py -q -p no:cacheprovider -x \
-      --tb=short 2>&1 | tail -20 | tee "$out/e2e.log" || rc=1
+    bash bench/gpu_tests.sh || rc=1
     ;;
   ttft)
     for limit in 512 auto; do
