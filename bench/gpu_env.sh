@@ -3,10 +3,11 @@
 # repository's parts under lodger.engine, lodger.kernels, ...), installs carried wheels from
 # .whl/ when present, sets $out (the device tool's $OUT, else /tmp/lodger-gpu) and prints
 # the versions, the card and the commit (pass LODGER_COMMIT=<hash>: .git may not travel).
-out=${OUT:-/tmp/lodger-gpu}
+export OUT=${OUT:-/tmp/lodger-gpu}
+out=$OUT
 mkdir -p "$out"
 root=$(pwd)
-wheels=${LODGER_WHEELS:-.whl}  # run_gpu_ab.sh points a baseline tree at the root's wheels
+wheels=${LODGER_WHEELS:-.whl}  # bench/in_tree.sh points another tree at the root's wheels
 if compgen -G "$wheels/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheels"/*.whl
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"

@@ -22,24 +22,18 @@
 set -uo pipefail
 baseline=${1:?usage: bash bench/run_gpu_ab.sh BASELINE_DIR [bench.throughput args...]}
 shift
-root=$(pwd)
+source bench/gpu_env.sh
 bench=${BENCH:-throughput}
-checkpoints=/tmp/lodger-bench-checkpoints
-args=("$@" --checkpoints "$checkpoints")
+args=("$@" --checkpoints /tmp/lodger-bench-checkpoints)
 records=serving.jsonl
 if [ "$bench" = throughput ]; then
   args+=(--engines lodger)
   records=offline.jsonl
 fi
 rc=0
-(
-  cd "$baseline" && export LODGER_WHEELS="$root/.whl" &&
-    export LODGER_COMMIT=${BASELINE_COMMIT:-baseline} ${BASELINE_ENV:-} &&
-    source bench/gpu_env.sh &&
-    python3 -m "bench.$bench" "${args[@]}" --out "$out/$records"
-) 2>&1 | tee -a "${OUT:-/tmp/lodger-gpu}/ab.log" || rc=1
-(
-  cd "$root" && source bench/gpu_env.sh &&
-    python3 -m "bench.$bench" "${args[@]}" --out "$out/$records"
-) 2>&1 | tee -a "${OUT:-/tmp/lodger-gpu}/ab.log" || rc=1
+# shellcheck disable=SC2086  # BASELINE_ENV is a list of VAR=value words
+env LODGER_COMMIT="${BASELINE_COMMIT:-baseline}" ${BASELINE_ENV:-} bash bench/in_tree.sh \
+  "$baseline" python3 -m "bench.$bench" "${args[@]}" --out "$out/$records" 2>&1 |
+  tee -a "$out/ab.log" || rc=1
+python3 -m "bench.$bench" "${args[@]}" --out "$out/$records" 2>&1 | tee -a "$out/ab.log" || rc=1
 exit $rc

@@ -10,14 +10,14 @@
 # sweep: bench/kernels.py --sweep buffers; each tree: nano on qwen3-0.6b, this tree first
 # (records carry LODGER_COMMIT-<tree name>).
 set -uo pipefail
+source bench/gpu_env.sh
 commit=${LODGER_COMMIT:-unknown}
-root=$(pwd)
 rc=0
 trees=(.)
 for part in "$@"; do
   if [ "$part" = sweep ]; then
-    (source bench/gpu_env.sh && python3 bench/kernels.py --sweep buffers \
-      --json "$out/kernels-buffers.json" 2>&1 | tail -12 | tee "$out/buffers.log") || rc=1
+    python3 bench/kernels.py --sweep buffers --json "$out/kernels-buffers.json" 2>&1 | tail -12 |
+      tee "$out/buffers.log" || rc=1
   else
     [ -d "$part" ] || { echo "no tree $part" >&2; exit 2; }
     trees+=("$part")
@@ -25,11 +25,9 @@ for part in "$@"; do
 done
 [ ${#trees[@]} -gt 1 ] || exit $rc
 for tree in "${trees[@]}"; do
-  name=$commit$([ "$tree" = . ] || echo "-${tree#.}")
-  (cd "$tree" && export LODGER_WHEELS="$root/.whl" LODGER_COMMIT=$name &&
-    source bench/gpu_env.sh >/dev/null &&
+  LODGER_COMMIT=$commit$([ "$tree" = . ] || echo "-${tree#.}") bash bench/in_tree.sh "$tree" \
     python3 -m bench.throughput --shape qwen3-0.6b --workloads nano --timeout 150 \
-      --checkpoints /tmp/lodger-bench-checkpoints --engines lodger --out "$out/offline.jsonl" \
-      2>&1 | grep -E "^nano|done in" | tee -a "$out/nano.log") || rc=1
+    --checkpoints /tmp/lodger-bench-checkpoints --engines lodger --out "$out/offline.jsonl" 2>&1 |
+    grep -E "^nano|done in" | tee -a "$out/nano.log" || rc=1
 done
 exit $rc

@@ -17,6 +17,7 @@ set -uo pipefail
 [ -d .baseline ] || { echo ".baseline (main's tree) is missing: see the header" >&2; exit 2; }
 commit=${LODGER_COMMIT:-unknown}
 baseline_commit=${BASELINE_COMMIT:-main}
+source bench/gpu_env.sh
 rc=0
 for part in "$@"; do
 case "$part" in
@@ -25,10 +26,9 @@ case "$part" in
     ;;
   kernels)
     for tree in .baseline .; do
-      (root=$(pwd) && cd "$tree" && export LODGER_WHEELS="$root/.whl" &&
-        source bench/gpu_env.sh >/dev/null &&
-        python3 bench/kernels.py --json "$out/kernels-$([ "$tree" = . ] && echo new || echo main).json" \
-          2>&1 | sed -n '/paged decode attention/,/^$/p' | tee -a "$out/kernels.log") || rc=1
+      bash bench/in_tree.sh "$tree" python3 bench/kernels.py \
+        --json "$out/kernels-$([ "$tree" = . ] && echo new || echo main).json" 2>&1 |
+        sed -n '/paged decode attention/,/^$/p' | tee -a "$out/kernels.log" || rc=1
     done
     ;;
   batch1)
