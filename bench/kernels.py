@@ -10,7 +10,8 @@ Bytes counted are the fewest the op must move (each sequence's K/V once, q, out,
 table entries in use); time is the median of CUDA-event timings with L2 flushed between
 runs (triton.testing.do_bench), eager and as a CUDA-graph replay (how the engine runs
 decode). Prefill/extend attention and the small ops too. --sweep
-[decode|splits|buffers|prefill|all] also times launch configurations.
+[decode|splits|buffers|order|prefill|all] also times launch configurations (order: the
+same kernel over a batch in three orders).
 """
 
 import argparse
@@ -330,6 +331,35 @@ def sweep_splits() -> list[dict]:
     return results
 
 
+# engine-like batches (nano's full, middle and tail steps), each timed in three orders of
+# the same contexts: as drawn, longest first, shortest first
+ORDER_SWEEP_BATCHES = [(256, 100, 1100), (256, 100, 2000), (128, 100, 2000),
+                       (128, 1000, 2000), (64, 100, 2000), (32, 100, 2000)]  # fmt: skip
+
+
+def sweep_order() -> list[dict]:
+    """Steady TB/s of the default kernel over each ORDER_SWEEP_BATCHES case with its
+    sequences as drawn, sorted longest first and shortest first. Programs start in
+    batch order, so longest first puts the short programs last (the longest-processing-time
+    rule) and shows what the order of a batch costs."""
+    results = []
+    for batch, low, high in ORDER_SWEEP_BATCHES:
+        drawn = uniform_case(f"{batch} x U[{low}, {high}] (graph)", batch, low, high)
+        rates = {}
+        for order, seq_lens in (("drawn", drawn.seq_lens),
+                                ("longest first", sorted(drawn.seq_lens, reverse=True)),
+                                ("shortest first", sorted(drawn.seq_lens))):  # fmt: skip
+            case = replace(drawn, seq_lens=seq_lens)
+            rates[order] = decode_case(DecodeInputs(case), DecodeConfig(), eager=False)[
+                "rotated_tb_s"
+            ]
+        row = {"case": drawn.name, "tb_s": rates}
+        print(f"  {row['case']:28s} " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()),
+              flush=True)  # fmt: skip
+        results.append(row)
+    return results
+
+
 def _score_decode(config: DecodeConfig, inputs: list[DecodeInputs]) -> dict:
     try:
         rates = [decode_case(i, config, eager=False)["rotated_tb_s"] for i in inputs]
@@ -368,7 +398,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sweep", nargs="?", const="all",
-        choices=["decode", "splits", "buffers", "prefill", "all"],
+        choices=["decode", "splits", "buffers", "order", "prefill", "all"],
         help="also time launch configurations (default: all)",
     )  # fmt: skip
     parser.add_argument("--json", help="write all results to this file")
@@ -405,6 +435,10 @@ def main() -> None:
     if args.sweep in ("buffers", "all"):
         print("\ndecode pipeline depth (geomean of steady TB/s, then per case):", flush=True)
         report["buffer_sweep"] = sweep_buffers()
+        write_json(report, args.json)
+    if args.sweep in ("order", "all"):
+        print("\ndecode batch order (steady TB/s):", flush=True)
+        report["order_sweep"] = sweep_order()
         write_json(report, args.json)
     if args.sweep in ("prefill", "all"):
         report["prefill_sweep"] = sweep_prefill()
