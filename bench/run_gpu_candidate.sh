@@ -10,17 +10,33 @@
 #
 # tests: the kernel GPU tests that TESTS (a pytest -k expression, default below) selects, the
 # PTX-order tests on this Triton, the end-to-end GPU tests; kernel-tests: the same without the
-# end-to-end ones; kernels: bench/kernels.py's decode attention tables for both trees;
-# linear: bench/linear.py on qwen3-0.6b for both trees (LINEAR_BUDGET seconds each, default
-# 100); batch1: Llama-3-8B batch-1 decode, two rounds, main first; nano: one round, main first.
+# end-to-end ones; kernels: bench/kernels.py's tables for both trees (main's first, as in
+# every part); order: bench/kernels.py --sweep order for both; linear: bench/linear.py on
+# qwen3-0.6b for both (LINEAR_BUDGET seconds each, default 100); batch1: Llama-3-8B batch-1
+# decode, two rounds; nano: one round.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_candidate.sh tests|kernel-tests|kernels|linear|batch1|nano..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_candidate.sh tests|kernel-tests|kernels|order|linear|batch1|nano..." >&2; exit 2; }
 [ -d .baseline ] || { echo ".baseline (main's tree) is missing: see the header" >&2; exit 2; }
 commit=${LODGER_COMMIT:-unknown}
 baseline_commit=${BASELINE_COMMIT:-main}
 tests=${TESTS:-pdl or decode or rotary or hopper or linear_configs}
 source bench/gpu_env.sh
 rc=0
+
+# both_trees NAME PATTERN COMMAND...: COMMAND in main's tree, then in this one, each with
+# --json $out/NAME-main.json or NAME-new.json added; all its output to $out/NAME-main.out or
+# NAME-new.out, the lines matching PATTERN (grep -E) to the output and $out/NAME.log
+both_trees() {
+  local name=$1 pattern=$2 tree side
+  shift 2
+  for tree in .baseline .; do
+    side=$([ "$tree" = . ] && echo new || echo main)
+    echo "== $name, $side's tree" | tee -a "$out/$name.log"
+    bash bench/in_tree.sh "$tree" "$@" --json "$out/$name-$side.json" 2>&1 |
+      tee "$out/$name-$side.out" | grep -E "$pattern" | tee -a "$out/$name.log" || rc=1
+  done
+}
+
 for part in "$@"; do
 case "$part" in
   tests)
@@ -30,19 +46,14 @@ case "$part" in
     E2E=0 bash bench/gpu_tests.sh "$tests" || rc=1
     ;;
   kernels)
-    for tree in .baseline .; do
-      bash bench/in_tree.sh "$tree" python3 bench/kernels.py \
-        --json "$out/kernels-$([ "$tree" = . ] && echo new || echo main).json" 2>&1 |
-        sed -n '/paged decode attention/,/^$/p' | tee -a "$out/kernels.log" || rc=1
-    done
+    both_trees kernels '^\||ceiling' python3 bench/kernels.py
+    ;;
+  order)
+    both_trees order 'U\[|order' python3 bench/kernels.py --sweep order
     ;;
   linear)
-    for tree in .baseline .; do
-      bash bench/in_tree.sh "$tree" python3 -m bench.linear --shapes qwen3-0.6b \
-        --budget "${LINEAR_BUDGET:-100}" \
-        --json "$out/linear-$([ "$tree" = . ] && echo new || echo main).json" 2>&1 |
-        grep -E "M=|budget" | tee -a "$out/linear.log" || rc=1
-    done
+    both_trees linear 'M=|budget' python3 -m bench.linear --shapes qwen3-0.6b \
+      --budget "${LINEAR_BUDGET:-100}"
     ;;
   batch1)
     for round in 1 2; do
@@ -55,7 +66,7 @@ case "$part" in
       --shape qwen3-0.6b --workloads nano --timeout 200 || rc=1
     ;;
   *)
-    echo "unknown part $part: tests, kernel-tests, kernels, linear, batch1 or nano" >&2
+    echo "unknown part $part: tests, kernel-tests, kernels, order, linear, batch1 or nano" >&2
     exit 2
     ;;
 esac
