@@ -332,30 +332,39 @@ def sweep_splits() -> list[dict]:
 
 
 # engine-like batches (nano's full, middle and tail steps), each timed in three orders of
-# the same contexts: as drawn, longest first, shortest first
+# the same contexts (as drawn, longest first, shortest first), then longest first at
+# forced split counts
 ORDER_SWEEP_BATCHES = [(256, 100, 1100), (256, 100, 2000), (128, 100, 2000),
                        (128, 1000, 2000), (64, 100, 2000), (32, 100, 2000)]  # fmt: skip
+ORDER_SWEEP_SPLITS = [1, 2, 4]
 
 
 def sweep_order() -> list[dict]:
     """Steady TB/s of the default kernel over each ORDER_SWEEP_BATCHES case with its
-    sequences as drawn, sorted longest first and shortest first. Programs start in
-    batch order, so longest first puts the short programs last (the longest-processing-time
-    rule) and shows what the order of a batch costs."""
+    sequences as drawn, sorted longest first and shortest first; then longest first with
+    each of ORDER_SWEEP_SPLITS splits per sequence (the default count is in the row).
+    Programs start in batch order, so longest first puts the short programs last (the
+    longest-processing-time rule) and shows what the order of a batch costs."""
     results = []
     for batch, low, high in ORDER_SWEEP_BATCHES:
         drawn = uniform_case(f"{batch} x U[{low}, {high}] (graph)", batch, low, high)
-        rates = {}
+        rates, longest = {}, None
         for order, seq_lens in (("drawn", drawn.seq_lens),
                                 ("longest first", sorted(drawn.seq_lens, reverse=True)),
                                 ("shortest first", sorted(drawn.seq_lens))):  # fmt: skip
-            case = replace(drawn, seq_lens=seq_lens)
-            rates[order] = decode_case(DecodeInputs(case), DecodeConfig(), eager=False)[
+            inputs = DecodeInputs(replace(drawn, seq_lens=seq_lens))
+            rates[order] = decode_case(inputs, DecodeConfig(), eager=False)["rotated_tb_s"]
+            longest = inputs if order == "longest first" else longest
+        default = choose_num_splits(batch, NUM_KV_HEADS, GRAPH_MAX_SEQ_LEN, DecodeConfig())
+        for splits in ORDER_SWEEP_SPLITS:
+            # target_programs of exactly `splits` per (sequence, kv head)
+            config = DecodeConfig(target_programs=splits * batch * NUM_KV_HEADS)
+            rates[f"longest first, {splits} splits"] = decode_case(longest, config, eager=False)[
                 "rotated_tb_s"
             ]
-        row = {"case": drawn.name, "tb_s": rates}
-        print(f"  {row['case']:28s} " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()),
-              flush=True)  # fmt: skip
+        row = {"case": drawn.name, "default_splits": default, "tb_s": rates}
+        print(f"  {row['case']:28s} ({default} splits) "
+              + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()), flush=True)  # fmt: skip
         results.append(row)
     return results
 
