@@ -39,6 +39,38 @@ class DecodeConfig:
 
 
 @triton.jit
+def attend_paged_tile(
+    q, k_cache_ptr, v_cache_ptr, table, positions, valid, query_pos, head_offset, dims,
+    dim_mask, m, denom, acc, scale_log2, stride_cache_block, stride_cache_slot,
+    BLOCK_SIZE: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Fold one tile of a sequence's cached K/V into a running online softmax (decode and
+    prefill attention share it). The tile is the context `positions` (those `valid` are
+    loaded), read through the sequence's block-table row `table`; CAUSAL: q's row r sees
+    only positions <= query_pos[r] (else every valid one). m (the running max of
+    log2-scaled scores), denom (the running sum of exp2(score - m)) and acc come back
+    updated."""
+    block_ids = tl.load(table + positions // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+    offsets = block_ids * stride_cache_block + (positions % BLOCK_SIZE) * stride_cache_slot
+    offsets = offsets + head_offset
+    kv_mask = valid[:, None] & dim_mask[None, :]
+    k = tl.load(k_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+    if CAUSAL:
+        visible = valid[None, :] & (positions[None, :] <= query_pos[:, None])
+    else:
+        visible = valid[None, :]
+    scores = tl.where(visible, scores, float("-inf"))
+    m_new = tl.maximum(m, tl.max(scores, axis=1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(scores - m_new[:, None])
+    denom = denom * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, denom, acc
+
+
+@triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
     out_ptr, partial_ptr, lse_ptr,
@@ -84,20 +116,11 @@ def _decode_split_kernel(
     for tile_start in range(start, end, BLOCK_N):
         positions = tile_start + tl.arange(0, BLOCK_N)
         valid = positions < end
-        block_ids = tl.load(table + positions // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-        offsets = block_ids * stride_cache_block + (positions % BLOCK_SIZE) * stride_cache_slot
-        offsets = offsets + head_offset
-        kv_mask = valid[:, None] & dim_mask[None, :]
-        k = tl.load(k_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        denom = denom * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m = m_new
+        m, denom, acc = attend_paged_tile(
+            q, k_cache_ptr, v_cache_ptr, table, positions, valid, seq_len, head_offset, dims,
+            dim_mask, m, denom, acc, scale_log2, stride_cache_block, stride_cache_slot,
+            BLOCK_SIZE, CAUSAL=False, DOT_PRECISION=DOT_PRECISION,
+        )  # fmt: skip
 
     out = acc / tl.where(denom > 0, denom, 1.0)[:, None]  # an empty split has denom == acc == 0
     out_mask = row_mask[:, None] & dim_mask[None, :]

@@ -29,6 +29,7 @@ from lodger.kernels.attention_metadata import (
 )
 from lodger.kernels.decode_attention import (
     LOG2E,
+    attend_paged_tile,
     check_attention_args,
     check_out,
     dot_precision,
@@ -125,21 +126,11 @@ def _prefill_kernel(
     for tile_start in range(0, end, BLOCK_N):
         positions = tile_start + tl.arange(0, BLOCK_N)
         valid = positions < end
-        block_ids = tl.load(table + positions // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-        offsets = block_ids * stride_cache_block + (positions % BLOCK_SIZE) * stride_cache_slot
-        offsets = offsets + head_offset
-        kv_mask = valid[:, None] & dim_mask[None, :]
-        k = tl.load(k_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        visible = valid[None, :] & (positions[None, :] <= query_pos[:, None])
-        scores = tl.where(visible, scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        denom = denom * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache_ptr + offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m = m_new
+        m, denom, acc = attend_paged_tile(
+            q, k_cache_ptr, v_cache_ptr, table, positions, valid, query_pos, head_offset, dims,
+            dim_mask, m, denom, acc, scale_log2, stride_cache_block, stride_cache_slot,
+            BLOCK_SIZE, CAUSAL=True, DOT_PRECISION=DOT_PRECISION,
+        )  # fmt: skip
 
     out = acc / tl.where(denom > 0, denom, 1.0)[:, None]  # 0 only for padding rows
     out_ptrs = out_ptr + tokens[:, None] * stride_ot + heads[:, None] * stride_oh + dims[None, :]
