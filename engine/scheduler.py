@@ -25,10 +25,9 @@ scheduling) there is never a placeholder at schedule time.
   running decodes (`num_reserved_blocks`, only while others run). The first waiting request
   that gets nothing stops admission: nobody overtakes it.
 - A step of one token per request (every decode step) is put in order of context, longest
-  first. Decode attention's programs start in batch order, so the longest start first and
-  the shortest fill the tail (the longest-processing-time rule): 1-2% faster attention at
-  64-256 sequences of mixed lengths (`bench/kernels.py --sweep order`). Other steps keep
-  the order above.
+  first. Decode attention starts a sequence's programs together, in batch order, so the
+  longest start first and the shortest fill the tail (the longest-processing-time rule;
+  kernels/decode_attention.py). Other steps keep the order above.
 - n > 1: the first child of a parent prefills alone; its siblings are held back until its
   prompt is computed, then get references to its full prompt blocks (block-aligned, never
   the last prompt token) and compute only the rest.
