@@ -24,6 +24,10 @@ scheduling) there is never a placeholder at schedule time.
   prompt is chunked to the budget and to the free blocks minus a small reserve kept for
   running decodes (`num_reserved_blocks`, only while others run). The first waiting request
   that gets nothing stops admission: nobody overtakes it.
+- A step of one token per request (every decode step) is put in order of context, longest
+  first. Decode attention starts a sequence's programs together, in batch order, so the
+  longest start first and the shortest fill the tail (the longest-processing-time rule;
+  kernels/decode_attention.py). Other steps keep the order above.
 - n > 1: the first child of a parent prefills alone; its siblings are held back until its
   prompt is computed, then get references to its full prompt blocks (block-aligned, never
   the last prompt token) and compute only the rest.
@@ -33,11 +37,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from operator import attrgetter
 
 from lodger.engine.kv_cache_manager import KVCacheManager, cdiv
 from lodger.engine.request import Request, RequestStatus
 
 RUNNING = RequestStatus.RUNNING
+_NUM_COMPUTED = attrgetter("num_computed_tokens")
 
 
 @dataclass(slots=True)
@@ -214,6 +220,8 @@ class Scheduler:
             i += 1
         if self._num_step_preemptions == 0:
             budget = self._admit_waiting(budget, scheduled, num_scheduled)
+        if self.config.max_num_batched_tokens - budget == len(scheduled):  # one token each
+            scheduled.sort(key=_NUM_COMPUTED, reverse=True)  # stable: ties keep their order
         if scheduled:
             finished, self.finished_request_ids = self.finished_request_ids, set()
         else:  # the engine may skip the runner on an empty step: tell it again next time

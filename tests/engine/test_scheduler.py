@@ -199,6 +199,31 @@ def test_chunked_prefill_under_a_small_budget_mixes_with_decodes():
     assert second.output_token_ids == expected_output(range(20, 40), 2)
 
 
+def test_a_step_of_one_token_each_runs_longest_context_first():
+    scheduler = make_scheduler(max_num_batched_tokens=64)
+    prompts = {"short": [3, 4], "long": list(range(3, 15)), "mid": list(range(3, 9)),
+               "tie": list(range(4, 10))}  # fmt: skip
+    requests = [make_request(request_id, prompt, max_tokens=3)
+                for request_id, prompt in prompts.items()]  # fmt: skip
+    for request in requests:
+        scheduler.add_request(request)
+    runner = FakeRunner(scheduler)
+    out = scheduler.schedule()  # prompts: admission order
+    assert [r.request_id for r in out.scheduled] == ["short", "long", "mid", "tie"]
+    scheduler.update(out, runner.execute(out))
+    out = scheduler.schedule()  # decodes: longest first, "mid" before "tie" as admitted
+    assert [r.request_id for r in out.scheduled] == ["long", "mid", "tie", "short"]
+    assert out.num_computed_tokens == [12, 6, 6, 2]
+    scheduler.update(out, runner.execute(out))
+    scheduler.add_request(make_request("late", range(3, 23), max_tokens=2))
+    out = scheduler.schedule()  # a prompt joins: the order above, no sorting
+    assert [r.request_id for r in out.scheduled] == ["short", "long", "mid", "tie", "late"]
+    scheduler.update(out, runner.execute(out))
+    run(scheduler, runner)
+    for request in requests:
+        assert request.output_token_ids == expected_output(prompts[request.request_id], 3)
+
+
 def test_max_num_seqs_caps_running_requests():
     scheduler = make_scheduler(max_num_seqs=3)
     for i in range(7):

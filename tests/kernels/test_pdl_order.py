@@ -58,7 +58,7 @@ def test_decode_attention_loads_its_metadata_before_the_wait():
     )  # fmt: skip
     constexprs = dict(
         GROUP=2, GROUP_PAD=16, HEAD_DIM=128, DIM_PAD=128, BLOCK_SIZE=16, BLOCK_N=128,
-        SINGLE_SPLIT=False, NUM_Q_HEADS=16, DOT_PRECISION="tf32", USE_PDL=True,
+        SINGLE_SPLIT=False, NUM_Q_HEADS=16, NUM_KV_HEADS=8, DOT_PRECISION="tf32", USE_PDL=True,
     )  # fmt: skip
     compiled = compile_for_hopper(
         decode_attention._decode_split_kernel, types, constexprs, launch_pdl=True
