@@ -92,11 +92,12 @@ def _decode_split_kernel(
     SINGLE_SPLIT: tl.constexpr, NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    # one grid axis, sequence slowest and split fastest: a sequence's programs start
-    # together, one after another, in batch order
+    # one grid axis, sequence slowest and kv head fastest: a sequence's programs start
+    # together, in batch order, and its first splits (the ones a context shorter than the
+    # graph's longest does not leave empty) before its last
     program = tl.program_id(0)
-    split = program % num_splits
-    kv_head = (program // num_splits) % NUM_KV_HEADS
+    kv_head = program % NUM_KV_HEADS
+    split = (program // NUM_KV_HEADS) % num_splits
     seq = program // (num_splits * NUM_KV_HEADS)
     # the step's inputs, which no kernel of the step writes, load while the previous kernel
     # (the rotary pass, which writes q and the new K/V) may still run (kernels/pdl.py)
