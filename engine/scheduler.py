@@ -220,7 +220,8 @@ class Scheduler:
             i += 1
         if self._num_step_preemptions == 0:
             budget = self._admit_waiting(budget, scheduled, num_scheduled)
-        if self.config.max_num_batched_tokens - budget == len(scheduled):  # one token each
+        num_tokens = self.config.max_num_batched_tokens - budget
+        if num_tokens == len(scheduled):  # one token each
             scheduled.sort(key=_NUM_COMPUTED, reverse=True)  # stable: ties keep their order
         if scheduled:
             finished, self.finished_request_ids = self.finished_request_ids, set()
@@ -230,7 +231,7 @@ class Scheduler:
         return SchedulerOutput(
             scheduled=scheduled,
             num_scheduled_tokens=num_scheduled,
-            total_num_scheduled_tokens=self.config.max_num_batched_tokens - budget,
+            total_num_scheduled_tokens=num_tokens,
             finished_request_ids=finished,
             num_preemptions=self._num_step_preemptions,
             num_computed_tokens=num_computed,

@@ -8,8 +8,9 @@ padded to 16 rows for tl.dot). Programs start in batch order, all of a sequence'
 heads x splits) together, split by split, so a batch ordered longest context first (the
 scheduler orders decode steps so) starts its longest programs first and ends on short ones
 (the longest-processing-time rule). On an H200, engine-like batches of 32-256 sequences ran
-4-10% faster so than kv head by kv head over a batch in admission order (`bench/kernels.py
---sweep order`), and nano 3.5% faster (docs/benchmarks.md, "Batch order and program order").
+4-10% faster in this order than kv head by kv head over a batch in admission order
+(`bench/kernels.py --sweep order`), and nano 3.5% faster (docs/benchmarks.md, "Batch order
+and program order").
 
 Each split keeps an online softmax in float32; with several splits a second kernel merges
 their partial outputs by log-sum-exp. Splits are sized per sequence on the device, so the
