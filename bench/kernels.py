@@ -10,11 +10,13 @@ Bytes counted are the fewest the op must move (each sequence's K/V once, q, out,
 table entries in use); time is the median of CUDA-event timings with L2 flushed between
 runs (triton.testing.do_bench), eager and as a CUDA-graph replay (how the engine runs
 decode). Prefill/extend attention and the small ops too. --sweep
-[decode|splits|buffers|order|prefill|all] also times launch configurations (order: the
-same kernel over a batch in three orders).
+[decode|splits|buffers|order|floor|prefill|all] also times launch configurations (order: the
+same kernel over a batch in three orders; floor: batch 1 from a one-tile context up, with
+each kernel's share).
 """
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -302,7 +304,8 @@ def sweep_buffers() -> list[dict]:
 
 # split counts forced on engine-like batches of 32-128 sequences (nano's middle and tail:
 # after the first sequences finish, fewer of them with longer contexts), two tile shapes
-SPLIT_SWEEP_BATCHES = [(32, 100, 2000), (32, 1000, 2000), (64, 100, 2000), (64, 1000, 2000),
+SPLIT_SWEEP_BATCHES = [(16, 100, 2000), (32, 100, 2000), (32, 1000, 2000), (32, 1024, 1024),
+                       (32, 4096, 4096), (48, 100, 2000), (64, 100, 2000), (64, 1000, 2000),
                        (128, 100, 2000), (128, 1000, 2000)]  # fmt: skip
 SPLIT_SWEEP_COUNTS = [1, 2, 3, 4, 6, 8]
 SPLIT_SWEEP_TILES = [(128, 4, 3), (64, 4, 4)]
@@ -369,6 +372,52 @@ def sweep_order() -> list[dict]:
     return results
 
 
+# batch 1 at the graph's width, from a context of one tile (no K/V to speak of: the cost of
+# the launches and of each program's dependent loads) up to 8k, at forced split counts
+FLOOR_CONTEXTS = [16, 1024, 4096, 8192]
+FLOOR_SPLITS = [1, 8, 16, 32, 64]
+
+
+def sweep_floor() -> list[dict]:
+    """Steady µs of batch-1 decode attention at each FLOOR_CONTEXTS context and forced
+    split count, and the mean device time of each kernel in a profile of those replays.
+    A one-tile context measures the fixed cost of the split kernel alone (1 split) and of
+    the split kernel with its merge (more); the longer ones, what streaming K/V adds."""
+    results = []
+    for context in FLOOR_CONTEXTS:
+        inputs = DecodeInputs(DecodeCase(f"1 x {context}", [context], NUM_Q_HEADS,
+                                         GRAPH_MAX_SEQ_LEN))  # fmt: skip
+        for splits in FLOOR_SPLITS:
+            config = DecodeConfig(target_programs=splits * NUM_KV_HEADS)
+            row = decode_case(inputs, config, eager=False)
+            row["kernel_us"] = kernel_means_us(functools.partial(inputs.call_all, config))
+            print(f"  {row['case']:10s} splits {row['num_splits']:2d}: steady "
+                  f"{row['rotated_ms'] * 1e3:5.1f} us ({row['rotated_tb_s']:.2f} TB/s); "
+                  + ", ".join(f"{name} {us:.1f}" for name, us in row["kernel_us"].items()),
+                  flush=True)  # fmt: skip
+            results.append(row)
+    return results
+
+
+def kernel_means_us(fn, replays: int = 20) -> dict[str, float]:
+    """Mean device µs of each kernel per launch in `replays` replays of a graph of fn (under
+    PDL a kernel's time includes its wait for the one before)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    return {event.key[:40]: event.self_device_time_total / event.count
+            for event in prof.key_averages() if event.self_device_time_total > 0}  # fmt: skip
+
+
 def _score_decode(config: DecodeConfig, inputs: list[DecodeInputs]) -> dict:
     try:
         rates = [decode_case(i, config, eager=False)["rotated_tb_s"] for i in inputs]
@@ -407,7 +456,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sweep", nargs="?", const="all",
-        choices=["decode", "splits", "buffers", "order", "prefill", "all"],
+        choices=["decode", "splits", "buffers", "order", "floor", "prefill", "all"],
         help="also time launch configurations (default: all)",
     )  # fmt: skip
     parser.add_argument("--json", help="write all results to this file")
@@ -448,6 +497,10 @@ def main() -> None:
     if args.sweep in ("order", "all"):
         print("\ndecode batch order (steady TB/s):", flush=True)
         report["order_sweep"] = sweep_order()
+        write_json(report, args.json)
+    if args.sweep in ("floor", "all"):
+        print("\nbatch-1 decode attention by context and split count (steady):", flush=True)
+        report["floor_sweep"] = sweep_floor()
         write_json(report, args.json)
     if args.sweep in ("prefill", "all"):
         report["prefill_sweep"] = sweep_prefill()
