@@ -11,11 +11,12 @@
 # tests: the kernel GPU tests that TESTS (a pytest -k expression, default below) selects, the
 # PTX-order tests on this Triton, the end-to-end GPU tests; kernel-tests: the same without the
 # end-to-end ones; kernels: bench/kernels.py's tables for both trees (main's first, as in
-# every part); order: bench/kernels.py --sweep order for both; linear: bench/linear.py on
+# every part); order: bench/kernels.py --sweep order for both; floor: its tables and --sweep
+# floor (batch 1 from a one-tile context up) for both; linear: bench/linear.py on
 # qwen3-0.6b for both (LINEAR_BUDGET seconds each, default 100); batch1: Llama-3-8B batch-1
 # decode, two rounds; nano: one round.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_candidate.sh tests|kernel-tests|kernels|order|linear|batch1|nano..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_candidate.sh tests|kernel-tests|kernels|order|floor|linear|batch1|nano..." >&2; exit 2; }
 [ -d .baseline ] || { echo ".baseline (main's tree) is missing: see the header" >&2; exit 2; }
 commit=${LODGER_COMMIT:-unknown}
 baseline_commit=${BASELINE_COMMIT:-main}
@@ -51,6 +52,9 @@ case "$part" in
   order)
     both_trees order 'U\[|order' python3 bench/kernels.py --sweep order
     ;;
+  floor)
+    both_trees floor '^\||ceiling|splits' python3 bench/kernels.py --sweep floor
+    ;;
   linear)
     both_trees linear 'M=|budget' python3 -m bench.linear --shapes qwen3-0.6b \
       --budget "${LINEAR_BUDGET:-100}"
@@ -66,7 +70,7 @@ case "$part" in
       --shape qwen3-0.6b --workloads nano --timeout 200 || rc=1
     ;;
   *)
-    echo "unknown part $part: tests, kernel-tests, kernels, order, linear, batch1 or nano" >&2
+    echo "unknown part $part: tests, kernel-tests, kernels, order, floor, linear, batch1 or nano" >&2
     exit 2
     ;;
 esac
