@@ -101,14 +101,19 @@ def median_ms(fn) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def graph_ms(fn) -> float:
-    """Median time of a CUDA-graph replay of fn (launch gaps removed)."""
+def capture_graph(fn) -> torch.cuda.CUDAGraph:
+    """fn run once (so its kernels are built), then captured in a CUDA graph."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return median_ms(graph.replay)
+    return graph
+
+
+def graph_ms(fn) -> float:
+    """Median time of a CUDA-graph replay of fn (launch gaps removed)."""
+    return median_ms(capture_graph(fn).replay)
 
 
 def copy_ceiling() -> float:
@@ -302,8 +307,9 @@ def sweep_buffers() -> list[dict]:
             for block_n, warps, stages in BUFFER_SWEEP_TILES]  # fmt: skip
 
 
-# split counts forced on engine-like batches of 32-128 sequences (nano's middle and tail:
-# after the first sequences finish, fewer of them with longer contexts), two tile shapes
+# split counts forced on engine-like batches of 16-128 sequences (nano's middle and tail:
+# after the first sequences finish, fewer of them with longer contexts) and on uniform
+# 32-sequence batches (the batch-32 goal's shape), two tile shapes
 SPLIT_SWEEP_BATCHES = [(16, 100, 2000), (32, 100, 2000), (32, 1000, 2000), (32, 1024, 1024),
                        (32, 4096, 4096), (48, 100, 2000), (64, 100, 2000), (64, 1000, 2000),
                        (128, 100, 2000), (128, 1000, 2000)]  # fmt: skip
@@ -402,11 +408,7 @@ def sweep_floor() -> list[dict]:
 def kernel_means_us(fn, replays: int = 20) -> dict[str, float]:
     """Mean device µs of each kernel per launch in `replays` replays of a graph of fn (under
     PDL a kernel's time includes its wait for the one before)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph = capture_graph(fn)
     graph.replay()
     torch.cuda.synchronize()
     activities = [torch.profiler.ProfilerActivity.CUDA]
