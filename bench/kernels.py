@@ -454,11 +454,23 @@ def sweep_prefill() -> list[dict]:
     return sorted(results, key=lambda r: r["sum_ms"])
 
 
+# sweeps that print their own rows: name -> (heading, report key, function)
+PLAIN_SWEEPS = {
+    "splits": ("decode split counts (steady TB/s by forced split count):", "split_sweep",
+               sweep_splits),
+    "buffers": ("decode pipeline depth (geomean of steady TB/s, then per case):",
+                "buffer_sweep", sweep_buffers),
+    "order": ("decode batch order (steady TB/s):", "order_sweep", sweep_order),
+    "floor": ("batch-1 decode attention by context and split count (steady):", "floor_sweep",
+              sweep_floor),
+}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sweep", nargs="?", const="all",
-        choices=["decode", "splits", "buffers", "order", "floor", "prefill", "all"],
+        choices=["decode", *PLAIN_SWEEPS, "prefill", "all"],
         help="also time launch configurations (default: all)",
     )  # fmt: skip
     parser.add_argument("--json", help="write all results to this file")
@@ -488,22 +500,11 @@ def main() -> None:
         print("decode sweep, best 4 at batch 1 (1 x 4k, 1 x 8k TB/s):")
         for row in sorted(report["decode_sweep"], key=lambda r: -r["tb_s"][0] * r["tb_s"][1])[:4]:
             print(f"  {round(row['tb_s'][0], 2)}, {round(row['tb_s'][1], 2)}  {row['config']}")
-    if args.sweep in ("splits", "all"):
-        print("\ndecode split counts (steady TB/s by forced split count):", flush=True)
-        report["split_sweep"] = sweep_splits()
-        write_json(report, args.json)
-    if args.sweep in ("buffers", "all"):
-        print("\ndecode pipeline depth (geomean of steady TB/s, then per case):", flush=True)
-        report["buffer_sweep"] = sweep_buffers()
-        write_json(report, args.json)
-    if args.sweep in ("order", "all"):
-        print("\ndecode batch order (steady TB/s):", flush=True)
-        report["order_sweep"] = sweep_order()
-        write_json(report, args.json)
-    if args.sweep in ("floor", "all"):
-        print("\nbatch-1 decode attention by context and split count (steady):", flush=True)
-        report["floor_sweep"] = sweep_floor()
-        write_json(report, args.json)
+    for name, (heading, key, sweep) in PLAIN_SWEEPS.items():
+        if args.sweep in (name, "all"):
+            print(f"\n{heading}", flush=True)
+            report[key] = sweep()
+            write_json(report, args.json)
     if args.sweep in ("prefill", "all"):
         report["prefill_sweep"] = sweep_prefill()
         write_json(report, args.json)
