@@ -317,6 +317,12 @@ SPLIT_SWEEP_COUNTS = [1, 2, 3, 4, 6, 8]
 SPLIT_SWEEP_TILES = [(128, 4, 3), (64, 4, 4)]
 
 
+def forced_splits(splits: int, batch: int, **launch) -> DecodeConfig:
+    """A DecodeConfig (launch fields as given) whose heuristic picks exactly `splits` per
+    (sequence, kv head) for a batch of `batch` sequences at the graph's width."""
+    return DecodeConfig(target_programs=splits * batch * NUM_KV_HEADS, **launch)
+
+
 def sweep_splits() -> list[dict]:
     """Steady TB/s of each SPLIT_SWEEP_BATCHES case at each forced split count and tile
     shape, beside the count the default heuristic picks."""
@@ -327,9 +333,8 @@ def sweep_splits() -> list[dict]:
         for block_n, warps, stages in SPLIT_SWEEP_TILES:
             rates = []
             for splits in SPLIT_SWEEP_COUNTS:
-                # target_programs of exactly `splits` per (sequence, kv head)
-                config = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages,
-                                      target_programs=splits * batch * NUM_KV_HEADS)  # fmt: skip
+                config = forced_splits(splits, batch, block_n=block_n, num_warps=warps,
+                                       num_stages=stages)  # fmt: skip
                 rates.append(decode_case(inputs, config, eager=False)["rotated_tb_s"])
             row = {"case": inputs.case.name, "tile": [block_n, warps, stages],
                    "splits": SPLIT_SWEEP_COUNTS, "tb_s": rates,
@@ -366,8 +371,7 @@ def sweep_order() -> list[dict]:
             longest = inputs if order == "longest first" else longest
         default = choose_num_splits(batch, NUM_KV_HEADS, GRAPH_MAX_SEQ_LEN, DecodeConfig())
         for splits in ORDER_SWEEP_SPLITS:
-            # target_programs of exactly `splits` per (sequence, kv head)
-            config = DecodeConfig(target_programs=splits * batch * NUM_KV_HEADS)
+            config = forced_splits(splits, batch)
             rates[f"longest first, {splits} splits"] = decode_case(longest, config, eager=False)[
                 "rotated_tb_s"
             ]
@@ -394,7 +398,7 @@ def sweep_floor() -> list[dict]:
         inputs = DecodeInputs(DecodeCase(f"1 x {context}", [context], NUM_Q_HEADS,
                                          GRAPH_MAX_SEQ_LEN))  # fmt: skip
         for splits in FLOOR_SPLITS:
-            config = DecodeConfig(target_programs=splits * NUM_KV_HEADS)
+            config = forced_splits(splits, 1)
             row = decode_case(inputs, config, eager=False)
             row["kernel_us"] = kernel_means_us(functools.partial(inputs.call_all, config))
             print(f"  {row['case']:10s} splits {row['num_splits']:2d}: steady "
