@@ -10,7 +10,9 @@ Two kernels:
 - `_matmul_kernel`: tiles of BLOCK_M rows x BLOCK_N columns with `tl.dot`, consecutive
   programs taking the M tiles of one N tile (so a weight tile is read from memory once and
   from L2 by the others); with SPLIT_K > 1 each program covers a slice of K and writes a
-  float32 partial that `_split_k_sum_kernel` adds up (plus bias) into the output.
+  float32 partial that `_split_k_sum_kernel` adds up (plus bias) into the output, or that
+  the next kernel adds up itself (`linear_unreduced` returns the partials as a
+  `SplitKPartials`; the fused residual-add + RMSNorm takes one, which saves a launch).
 - `_gemv_kernel`: one row of x per program column, no tensor cores: elementwise products
   summed in float32, for M of one or two rows.
 
@@ -51,6 +53,43 @@ class LinearConfig:
             assert value >= 1 and value & (value - 1) == 0, f"{name} must be a power of two"
         assert self.kind == "gemv" or self.block_m >= 16, "tl.dot needs block_m >= 16"
         assert self.split_k >= 1 and self.num_warps >= 1 and self.num_stages >= 1
+
+
+@dataclass(frozen=True)
+class SplitKPartials:
+    """A split-K matmul's result before its sum: out = (sum of partials over the splits, in
+    split order, + bias) rounded once to `dtype`. Whatever reads it adds the splits up the
+    same way; `reduce()` does it with the sum kernel."""
+
+    partials: Tensor  # float32 [split_k, M, N], contiguous
+    bias: Tensor | None  # [N] in dtype
+    dtype: torch.dtype  # the output's
+
+    def __post_init__(self) -> None:
+        assert self.partials.dim() == 3 and self.partials.dtype == torch.float32
+        assert self.partials.is_contiguous()
+        assert self.bias is None or self.bias.shape == self.partials.shape[2:]
+
+    @property
+    def shape(self) -> torch.Size:
+        """[M, N], the reduced output's."""
+        return self.partials.shape[1:]
+
+    def reduce(self, out: Tensor | None = None) -> Tensor:
+        """The output [M, N] in dtype (into out when given)."""
+        split_k, num_rows, num_cols = self.partials.shape
+        if out is None:
+            out = torch.empty(num_rows, num_cols, dtype=self.dtype, device=self.partials.device)
+        assert out.shape == self.shape and out.dtype == self.dtype and out.stride(1) == 1
+        if num_rows == 0:
+            return out
+        block = min(1024, triton.next_power_of_2(num_cols))
+        _split_k_sum_kernel[(num_rows, triton.cdiv(num_cols, block))](
+            self.partials, self.bias if self.bias is not None else out, out, num_rows,
+            num_cols, num_rows * num_cols, out.stride(0), SPLIT_K=split_k, BLOCK=block,
+            HAS_BIAS=self.bias is not None, **launch_options(out.device),
+        )  # fmt: skip
+        return out
 
 
 # M (the batch's rows) is not specialized: Triton would build another variant for each
@@ -197,14 +236,36 @@ def linear(
 ) -> Tensor:  # fmt: skip
     """x [M, K] @ weight [N, K].T (+ bias [N]) -> out [M, N] in x's dtype. gated (GEMV
     only): x is [M, 2 * K] packed [gate | up] rows and the input is silu_and_mul(x)."""
+    result = _launch(x, weight, bias, config, out, gated)
+    return result.reduce(out) if isinstance(result, SplitKPartials) else result
+
+
+def linear_unreduced(
+    x: Tensor, weight: Tensor, bias: Tensor | None, config: LinearConfig, gated: bool = False
+) -> Tensor | SplitKPartials:
+    """linear(), but a split K's partials are returned unsummed, for a kernel that adds
+    them up as it reads them (rms_norm.fused_add_rms_norm)."""
+    return _launch(x, weight, bias, config, None, gated)
+
+
+def _launch(
+    x: Tensor, weight: Tensor, bias: Tensor | None, config: LinearConfig,
+    out: Tensor | None, gated: bool,
+) -> Tensor | SplitKPartials:  # fmt: skip
     _check(x, weight, bias, gated)
     assert not gated or config.kind == "gemv", "only the GEMV takes gated input"
     num_rows, (num_cols, depth) = x.shape[0], weight.shape
-    if out is None:
-        out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
-    assert out.shape == (num_rows, num_cols) and out.dtype == x.dtype and out.stride(1) == 1
+    k_per_split = triton.cdiv(triton.cdiv(depth, config.split_k), config.block_k) * config.block_k
+    split_k = triton.cdiv(depth, k_per_split)  # no empty slices
+    if config.kind == "dot" and split_k > 1:
+        target = torch.empty(split_k, num_rows, num_cols, dtype=torch.float32, device=x.device)
+    else:
+        if out is None:
+            out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
+        assert out.shape == (num_rows, num_cols) and out.dtype == x.dtype and out.stride(1) == 1
+        target = out
     if num_rows == 0:
-        return out
+        return target if target is out else SplitKPartials(target, bias, x.dtype)
     bias_arg = bias if bias is not None else weight
     common = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     common.update(launch_options(x.device))
@@ -217,24 +278,13 @@ def linear(
             **common,
         )  # fmt: skip
         return out
-    k_per_split = triton.cdiv(triton.cdiv(depth, config.split_k), config.block_k) * config.block_k
-    split_k = triton.cdiv(depth, k_per_split)  # no empty slices
     tiles = triton.cdiv(num_rows, config.block_m) * triton.cdiv(num_cols, config.block_n)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    target = out
-    if split_k > 1:
-        target = torch.empty(split_k, num_rows, num_cols, dtype=torch.float32, device=x.device)
     _matmul_kernel[(tiles, split_k)](
         x, weight, bias_arg, target, num_rows, num_cols, depth, k_per_split,
-        x.stride(0), weight.stride(0), out.stride(0), num_rows * num_cols,
+        x.stride(0), weight.stride(0), target.stride(-2), num_rows * num_cols,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SPLIT_K=split_k, EVEN_K=k_per_split * split_k == depth, HAS_BIAS=bias is not None,
         PRECISION=precision, **common,
     )  # fmt: skip
-    if split_k > 1:
-        block = min(1024, triton.next_power_of_2(num_cols))
-        _split_k_sum_kernel[(num_rows, triton.cdiv(num_cols, block))](
-            target, bias_arg, out, num_rows, num_cols, num_rows * num_cols, out.stride(0),
-            SPLIT_K=split_k, BLOCK=block, HAS_BIAS=bias is not None, **launch_options(x.device),
-        )  # fmt: skip
-    return out
+    return target if target is out else SplitKPartials(target, bias, x.dtype)

@@ -26,7 +26,7 @@ import triton
 from torch import Tensor
 
 from lodger.kernels.activation import silu_and_mul
-from lodger.kernels.linear import LinearConfig
+from lodger.kernels.linear import LinearConfig, SplitKPartials, linear_unreduced
 from lodger.kernels.linear import linear as triton_linear
 from lodger.kernels.reference import relative_error
 from lodger.kernels.tuning_cache import CachedChoice, TuningCache, case_key, device_key
@@ -153,22 +153,29 @@ def _chosen(x: Tensor, weight: Tensor) -> LinearConfig | None:
     return choice.lookup(x.shape[0])
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x @ weight.T (+ bias) by whatever tuning chose for this shape and batch size."""
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, unreduced: bool = False
+) -> Tensor | SplitKPartials:
+    """x @ weight.T (+ bias) by whatever tuning chose for this shape and batch size.
+    unreduced: where that is a split K, its partials unsummed (linear_unreduced)."""
     config = _chosen(x, weight)
     if config is None:
         return F.linear(x, weight, bias)
+    if unreduced:
+        return linear_unreduced(x, weight, bias, config)
     return triton_linear(x, weight, bias, config)
 
 
-def silu_and_mul_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """linear(silu_and_mul(x), weight, bias) for packed [gate | up] rows x; where tuning
-    chose the GEMV, the GEMV computes silu(gate) * up as it loads x (one launch, same
-    rounding), else silu_and_mul's kernel runs first."""
+def silu_and_mul_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, unreduced: bool = False
+) -> Tensor | SplitKPartials:
+    """linear(silu_and_mul(x), weight, bias, unreduced) for packed [gate | up] rows x;
+    where tuning chose the GEMV, the GEMV computes silu(gate) * up as it loads x (one
+    launch, same rounding), else silu_and_mul's kernel runs first."""
     config = _chosen(x, weight)
     if config is not None and config.kind == "gemv":
         return triton_linear(x, weight, bias, config, gated=True)
-    return linear(silu_and_mul(x), weight, bias)
+    return linear(silu_and_mul(x), weight, bias, unreduced)
 
 
 @dataclass

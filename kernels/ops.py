@@ -5,13 +5,19 @@ The Triton modules are imported on the first CUDA call, so this module imports (
 engine runs) where triton is missing.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from lodger.kernels import reference
 from lodger.kernels.attention_metadata import AttentionMetadata
+
+if TYPE_CHECKING:  # lodger.kernels.linear needs triton, which the CPU engine may lack
+    from lodger.kernels.linear import SplitKPartials
 
 __all__ = [
     "AttentionMetadata",
@@ -61,13 +67,17 @@ def paged_attention(
     return prefill_attention.prefill_attention(q, k_cache, v_cache, meta, scale)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, unreduced: bool = False
+) -> Tensor | SplitKPartials:
     """x [M, K] @ weight [N, K].T (+ bias): on CUDA cuBLAS or lodger's skinny matmul,
-    whichever start-up tuning found faster for this shape and batch size."""
+    whichever start-up tuning found faster for this shape and batch size. unreduced: the
+    result only goes to fused_add_rms_norm, which takes a split K's partials unsummed (on
+    CUDA it may then be a SplitKPartials rather than a tensor)."""
     if use_triton(x):
         from lodger.kernels import linear_tuning
 
-        return linear_tuning.linear(x, weight, bias)
+        return linear_tuning.linear(x, weight, bias, unreduced)
     return F.linear(x, weight, bias)
 
 
@@ -81,13 +91,16 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def fused_add_rms_norm(
-    x: Tensor, residual: Tensor, weight: Tensor, eps: float
+    x: Tensor | SplitKPartials, residual: Tensor, weight: Tensor, eps: float
 ) -> tuple[Tensor, Tensor]:
-    """(rms_norm(x + residual), x + residual) as new tensors; the inputs are not modified."""
-    if use_triton(x):
+    """(rms_norm(x + residual), x + residual) as new tensors; the inputs are not modified.
+    x may be what linear(..., unreduced=True) returned."""
+    if use_triton(residual):
         from lodger.kernels import rms_norm as triton_rms_norm
 
         return triton_rms_norm.fused_add_rms_norm(x, residual, weight, eps)
+    if not isinstance(x, Tensor):  # a split K's partials made while Triton ops were on
+        x = x.reduce()
     return reference.fused_add_rms_norm(x, residual, weight, eps)
 
 
@@ -113,13 +126,16 @@ def apply_rotary(
     return q, k
 
 
-def silu_and_mul_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """linear(silu_and_mul(x), weight, bias) for packed [gate | up] rows x [T, 2 * I] (an
-    MLP's down projection): on CUDA one launch where tuning chose the GEMV for this batch."""
+def silu_and_mul_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, unreduced: bool = False
+) -> Tensor | SplitKPartials:
+    """linear(silu_and_mul(x), weight, bias, unreduced) for packed [gate | up] rows x
+    [T, 2 * I] (an MLP's down projection): on CUDA one launch where tuning chose the GEMV
+    for this batch."""
     if use_triton(x):
         from lodger.kernels import linear_tuning
 
-        return linear_tuning.silu_and_mul_linear(x, weight, bias)
+        return linear_tuning.silu_and_mul_linear(x, weight, bias, unreduced)
     return F.linear(reference.silu_and_mul(x), weight, bias)
 
 

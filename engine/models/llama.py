@@ -10,6 +10,8 @@ cos/sin table.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
@@ -18,7 +20,13 @@ from lodger.engine.models.rotary import cos_sin_cache
 from lodger.kernels import ops
 from lodger.kernels.attention_metadata import AttentionMetadata
 
+if TYPE_CHECKING:  # needs triton, which the CPU engine may lack
+    from lodger.kernels.linear import SplitKPartials
+
 KVCache = tuple[Tensor, Tensor]  # (k_cache, v_cache), each [num_blocks, block_size, Hkv, D]
+# A layer's o and down projections feed only the next fused residual-add + RMSNorm, which
+# adds a split-K matmul's partials up itself (ops.linear(..., unreduced=True)): on CUDA
+# their output may be a SplitKPartials, whose sum kernel is then never launched.
 
 
 class RMSNorm(nn.Module):
@@ -32,7 +40,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return ops.rms_norm(x, self.weight, self.eps)
 
-    def add_and_norm(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+    def add_and_norm(self, x: Tensor | SplitKPartials, residual: Tensor) -> tuple[Tensor, Tensor]:
         """(norm(x + residual), x + residual)."""
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
 
@@ -64,7 +72,7 @@ class Attention(nn.Module):
     def forward(
         self, positions: Tensor, x: Tensor, cos_sin: Tensor, kv_cache: KVCache,
         meta: AttentionMetadata,
-    ) -> Tensor:
+    ) -> Tensor | SplitKPartials:
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -81,7 +89,8 @@ class Attention(nn.Module):
         else:
             q, k = ops.apply_rotary(q, k, positions, cos_sin, kv_cache=cache_write)
         out = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+        o = self.o_proj
+        return ops.linear(out.reshape(num_tokens, self.q_size), o.weight, o.bias, unreduced=True)
 
 
 class MLP(nn.Module):
@@ -91,9 +100,10 @@ class MLP(nn.Module):
         self.gate_up_proj = Linear(config.hidden_size, 2 * inter, bias=config.mlp_bias)
         self.down_proj = Linear(inter, config.hidden_size, bias=config.mlp_bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | SplitKPartials:
         down = self.down_proj  # its matmul takes silu_and_mul's input in one op
-        return ops.silu_and_mul_linear(self.gate_up_proj(x), down.weight, down.bias)
+        gate_up = self.gate_up_proj(x)
+        return ops.silu_and_mul_linear(gate_up, down.weight, down.bias, unreduced=True)
 
 
 class DecoderLayer(nn.Module):
@@ -105,9 +115,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
-        self, positions: Tensor, x: Tensor, residual: Tensor | None, cos_sin: Tensor,
-        kv_cache: KVCache, meta: AttentionMetadata,
-    ) -> tuple[Tensor, Tensor]:
+        self, positions: Tensor, x: Tensor | SplitKPartials, residual: Tensor | None,
+        cos_sin: Tensor, kv_cache: KVCache, meta: AttentionMetadata,
+    ) -> tuple[Tensor | SplitKPartials, Tensor]:
         """One pre-norm block. Returns (mlp output, residual stream before it); the caller
         (or the next layer's norm) adds them."""
         if residual is None:

@@ -27,7 +27,7 @@ from lodger.kernels.attention_metadata import (
 )
 from lodger.kernels.decode_attention import DecodeConfig, choose_num_splits, decode_attention
 from lodger.kernels.kv_cache_write import write_kv_cache
-from lodger.kernels.linear import LinearConfig, linear
+from lodger.kernels.linear import LinearConfig, SplitKPartials, linear, linear_unreduced
 from lodger.kernels.prefill_attention import PrefillConfig, prefill_attention, queries_per_tile
 from lodger.kernels.rms_norm import fused_add_rms_norm, rms_norm
 from lodger.kernels.rotary import apply_rotary
@@ -200,6 +200,31 @@ def test_linear(dtype, config, num_rows, num_cols, depth):
             x.float(), weight.float(), None if b is None else b.float()
         )
         torch.testing.assert_close(out.float(), expected, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_add_rms_norm_sums_split_k_partials(dtype, with_bias):
+    """A split-K matmul's partials, left unsummed, go straight into the fused add: the
+    result equals the summed matmul then the fused add bit for bit (poisoned outputs)."""
+    num_rows, hidden, depth = 37, 100, 96  # two M tiles, a masked tail of the row
+    split = LinearConfig(block_m=16, block_n=32, block_k=32, split_k=3)
+    x = torch.randn(num_rows, depth + 8).to(dtype)[:, :depth]  # strided rows
+    weight = (torch.randn(hidden, depth) / depth**0.5).to(dtype)
+    bias = torch.randn(hidden).to(dtype) if with_bias else None
+    residual = torch.randn(num_rows, hidden).to(dtype)
+    norm_weight = torch.randn(hidden).to(dtype)
+    partials = linear_unreduced(x, weight, bias, split)
+    assert isinstance(partials, SplitKPartials) and partials.partials.shape == (3, 37, 100)
+    summed_matmul = linear(x, weight, bias, split)
+    assert torch.equal(partials.reduce(out=nan_like(residual)), summed_matmul)
+    expected = fused_add_rms_norm(summed_matmul, residual, norm_weight, 1e-6)
+    got = fused_add_rms_norm(
+        partials, residual, norm_weight, 1e-6, out=nan_like(residual), summed=nan_like(residual)
+    )
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    whole = LinearConfig(block_m=16, block_n=32, block_k=32)  # one split: a plain tensor
+    assert torch.equal(linear_unreduced(x, weight, bias, whole), linear(x, weight, bias, whole))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -285,6 +285,52 @@ def test_silu_and_mul_fused_into_the_tuned_gemv():
         linear_tuning.clear()
 
 
+@pytest.mark.parametrize("num_rows", [5, 64, 256])
+def test_linear_split_k_partials_summed_by_the_norm(num_rows):
+    """bf16 at qwen3-0.6b's down projection (split 4, with a bias) and Llama-3-8B's o
+    projection (split 2): the fused add of the unsummed partials equals linear() then the
+    fused add bit for bit; where tuning chose a split K, ops.linear(unreduced=True) and
+    ops.silu_and_mul_linear(unreduced=True) hand the partials on and the result is the same."""
+    from lodger.kernels import linear_tuning
+    from lodger.kernels.activation import silu_and_mul
+    from lodger.kernels.linear import LinearConfig, SplitKPartials, linear, linear_unreduced
+    from lodger.kernels.rms_norm import fused_add_rms_norm
+
+    block_m = 128 if num_rows > 64 else min(64, max(16, 1 << (num_rows - 1).bit_length()))
+    cases = ((1024, 3072, True, 4), (4096, 4096, False, 2))
+    for num_cols, depth, with_bias, split_k in cases:
+        config = LinearConfig(block_m=block_m, block_n=64, block_k=128, split_k=split_k,
+                              num_warps=8 if block_m == 128 else 4)  # fmt: skip
+        x = torch.randn(num_rows, depth, device=DEVICE).to(BF16)
+        weight = (torch.randn(num_cols, depth, device=DEVICE) / depth**0.5).to(BF16)
+        bias = torch.randn(num_cols, device=DEVICE).to(BF16) if with_bias else None
+        residual = torch.randn(num_rows, num_cols, device=DEVICE).to(BF16)
+        norm_weight = torch.randn(num_cols, device=DEVICE).to(BF16)
+        partials = linear_unreduced(x, weight, bias, config)
+        assert isinstance(partials, SplitKPartials) and partials.partials.shape[0] == split_k
+        expected = fused_add_rms_norm(linear(x, weight, bias, config), residual, norm_weight, 1e-6)
+        normed, summed = fused_add_rms_norm(
+            partials, residual, norm_weight, 1e-6, nan_like(residual), nan_like(residual)
+        )
+        assert torch.equal(normed, expected[0]) and torch.equal(summed, expected[1])
+        linear_tuning.clear()
+        try:
+            choice = linear_tuning.ShapeChoice([num_rows], [config])
+            linear_tuning._CHOICES[linear_tuning._key(weight)] = choice
+            handed_on = ops.linear(x, weight, bias, unreduced=True)
+            assert isinstance(handed_on, SplitKPartials)
+            got = ops.fused_add_rms_norm(handed_on, residual, norm_weight, 1e-6)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+            assert torch.equal(ops.linear(x, weight, bias), linear(x, weight, bias, config))
+            gate_up = torch.randn(num_rows, 2 * depth, device=DEVICE).to(BF16)
+            gated = ops.silu_and_mul_linear(gate_up, weight, bias, unreduced=True)
+            assert isinstance(gated, SplitKPartials)
+            reduced = linear(silu_and_mul(gate_up), weight, bias, config)
+            assert torch.equal(gated.reduce(), reduced)
+        finally:
+            linear_tuning.clear()
+
+
 def test_tuning_never_chooses_a_wrong_kernel(monkeypatch):
     """A candidate whose output is off cuBLAS's is skipped however fast it is."""
     from lodger.kernels import linear_tuning
