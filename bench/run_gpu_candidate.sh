@@ -14,9 +14,9 @@
 # every part); order: bench/kernels.py --sweep order for both; floor: its tables and --sweep
 # floor (batch 1 from a one-tile context up) for both; linear: bench/linear.py on
 # qwen3-0.6b for both (LINEAR_BUDGET seconds each, default 100); batch1: Llama-3-8B batch-1
-# decode, two rounds; nano: one round.
+# decode, two rounds; nano: one round; llama: Llama-3-8B fixed-256-256-1024, one round.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_candidate.sh tests|kernel-tests|kernels|order|floor|linear|batch1|nano..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_candidate.sh tests|kernel-tests|kernels|order|floor|linear|batch1|nano|llama..." >&2; exit 2; }
 [ -d .baseline ] || { echo ".baseline (main's tree) is missing: see the header" >&2; exit 2; }
 commit=${LODGER_COMMIT:-unknown}
 baseline_commit=${BASELINE_COMMIT:-main}
@@ -69,8 +69,13 @@ case "$part" in
     LODGER_COMMIT=$commit BASELINE_COMMIT=$baseline_commit bash bench/run_gpu_ab.sh .baseline \
       --shape qwen3-0.6b --workloads nano --timeout 200 || rc=1
     ;;
+  llama)
+    LODGER_COMMIT=$commit BASELINE_COMMIT=$baseline_commit bash bench/run_gpu_ab.sh .baseline \
+      --shape llama3-8b --workloads fixed-256-256-1024 --timeout 200 || rc=1
+    ;;
   *)
-    echo "unknown part $part: tests, kernel-tests, kernels, order, floor, linear, batch1 or nano" >&2
+    echo "unknown part $part: tests, kernel-tests, kernels, order, floor, linear, batch1, nano" \
+      "or llama" >&2
     exit 2
     ;;
 esac

@@ -66,3 +66,29 @@ def test_decode_attention_loads_its_metadata_before_the_wait():
     before, after = split_at_wait(compiled.asm["ptx"])
     assert global_loads(before) == 2  # the sequence's length and its query's row
     assert "st.global" not in before and "st.global" in after
+
+
+
+def test_fused_add_norm_sums_partials_after_the_wait():
+    """The fused add + RMSNorm over a split K's partials: its weights (norm, bias) load
+    before the wait, the partials the matmul before it wrote and the residual after."""
+    from lodger.kernels import rms_norm
+
+    types = dict(
+        x_ptr="*fp32", residual_ptr="*bf16", weight_ptr="*bf16", out_ptr="*bf16",
+        sum_ptr="*bf16", bias_ptr="*bf16", stride_x="i64", stride_x_split="i64",
+        stride_residual="i64", stride_out="i64", stride_sum="i64", hidden_size="i32", eps="fp32",
+    )  # fmt: skip
+    loads_before = {}
+    for has_bias in (False, True):
+        constexprs = dict(
+            ADD_RESIDUAL=True, X_SPLITS=4, HAS_BIAS=has_bias, BLOCK=1024, USE_PDL=True
+        )  # fmt: skip
+        kernel = rms_norm._rms_norm_kernel
+        compiled = compile_for_hopper(kernel, types, constexprs, launch_pdl=True)
+        before, after = split_at_wait(compiled.asm["ptx"])
+        loads_before[has_bias] = global_loads(before)
+        assert "st.global" not in before
+        # each of the 4 partials and the residual: as many loads as the norm weight
+        assert global_loads(after) == (4 + 1) * loads_before[False]
+    assert loads_before[True] == 2 * loads_before[False] > 0  # the norm weight, the bias
