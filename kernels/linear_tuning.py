@@ -6,7 +6,9 @@ Triton kernel, the way the step runs them: one CUDA graph of calls over the mode
 weights of that shape, one after another, so no weight is served from L2 that would not
 be in a real step. The fastest wins; the Triton kernel must beat cuBLAS by MIN_GAIN, or
 cuBLAS stays. `linear()` then dispatches by (device, dtype, N, K) and the smallest tuned
-batch size >= M; an untuned shape or a larger M (prefill) goes to cuBLAS. The engine tunes
+batch size >= M; an untuned shape or a larger M (prefill) goes to cuBLAS. A split K is
+timed with its sum kernel, although the model's o and down projections hand their partials
+to the next norm unsummed (unreduced=True), so the choice errs towards cuBLAS. The engine tunes
 with EngineConfig.tune_matmuls (on by default); the choices are kept between runs in a file
 (lodger.kernels.tuning_cache), so a restart on the same card times nothing.
 """
