@@ -151,12 +151,29 @@ def _split_k_sum_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    partial_ptrs = partial_ptr + row * N + cols
+    acc = sum_split_k(partial_ptrs, stride_split, mask, bias, SPLIT_K, HAS_BIAS, BLOCK)
+    tl.store(out_ptr + row * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def sum_split_k(
+    partial_ptrs, stride_split, mask, bias,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """A split K's output in float32, before its one rounding: the SPLIT_K partials at
+    partial_ptrs (stride_split apart) added in split order, then the bias (float32). The
+    sum kernel and the fused add + RMSNorm both add them up this way, so they agree bit
+    for bit."""
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for split in tl.static_range(SPLIT_K):
-        acc += tl.load(partial_ptr + split * stride_split + row * N + cols, mask=mask, other=0.0)
+        acc += tl.load(partial_ptrs + split * stride_split, mask=mask, other=0.0)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        acc += bias
+    return acc
 
 
 @triton.jit

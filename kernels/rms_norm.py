@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lodger.kernels.linear import SplitKPartials
+from lodger.kernels.linear import SplitKPartials, sum_split_k
 from lodger.kernels.pdl import await_prior_kernel, launch_options
 
 
@@ -35,18 +35,15 @@ def _rms_norm_kernel(
     dtype = out_ptr.dtype.element_ty
     # No kernel writes the weights: they load while the prior kernel finishes.
     weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     await_prior_kernel(USE_PDL)
     if X_SPLITS == 0:
         x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    else:  # as linear's _split_k_sum_kernel adds them up
-        x = tl.zeros((BLOCK,), dtype=tl.float32)
-        for split in tl.static_range(X_SPLITS):
-            partial_ptrs = x_ptr + split * stride_x_split + row * stride_x + cols
-            x += tl.load(partial_ptrs, mask=mask, other=0.0)
-        if HAS_BIAS:
-            x += bias
+    else:
+        partial_ptrs = x_ptr + row * stride_x + cols
+        x = sum_split_k(partial_ptrs, stride_x_split, mask, bias, X_SPLITS, HAS_BIAS, BLOCK)
         x = x.to(dtype).to(tl.float32)  # the matmul's output, rounded once
     if ADD_RESIDUAL:
         residual = tl.load(residual_ptr + row * stride_residual + cols, mask=mask, other=0.0)

@@ -68,7 +68,6 @@ def test_decode_attention_loads_its_metadata_before_the_wait():
     assert "st.global" not in before and "st.global" in after
 
 
-
 def test_fused_add_norm_sums_partials_after_the_wait():
     """The fused add + RMSNorm over a split K's partials: its weights (norm, bias) load
     before the wait, the partials the matmul before it wrote and the residual after."""
