@@ -10,9 +10,10 @@ Bytes counted are the fewest the op must move (each sequence's K/V once, q, out,
 table entries in use); time is the median of CUDA-event timings with L2 flushed between
 runs (triton.testing.do_bench), eager and as a CUDA-graph replay (how the engine runs
 decode). Prefill/extend attention and the small ops too. --sweep
-[decode|splits|buffers|order|floor|prefill|all] also times launch configurations (order: the
-same kernel over a batch in three orders; floor: batch 1 from a one-tile context up, with
-each kernel's share).
+[decode|splits|buffers|order|floor|sampling|prefill|all] also times launch configurations
+(order: the same kernel over a batch in three orders; floor: batch 1 from a one-tile
+context up, with each kernel's share; sampling: the sampling kernel at nano's row counts);
+--skip-tables runs the sweep alone.
 """
 
 import argparse
@@ -409,6 +410,33 @@ def sweep_floor() -> list[dict]:
     return results
 
 
+# the sampling kernel over qwen3-0.6b's vocabulary: nano's rows (temperature 0.6), a
+# full-batch step of greedy rows, and batch 1
+SAMPLING_VOCAB = 151936
+SAMPLING_CASES = [(256, 0.6), (128, 0.6), (32, 0.6), (1, 0.6), (256, 0.0)]
+
+
+def sweep_sampling() -> list[dict]:
+    """Graph-replay µs of lodger.kernels.sampling.sample over bf16 logits [rows, vocab] (a
+    second kernel picks each row's best split where rows are few); TB/s counts the logits
+    read once."""
+    from lodger.kernels import sampling
+
+    results = []
+    for rows, temperature in SAMPLING_CASES:
+        logits = torch.randn(rows, SAMPLING_VOCAB, device=DEVICE).mul_(3).to(DTYPE)
+        temperatures = torch.full((rows,), temperature, device=DEVICE)
+        seeds = torch.randint(0, 2**62, (rows,), device=DEVICE)
+        steps = torch.randint(0, 1000, (rows,), device=DEVICE)
+        ms = graph_ms(lambda: sampling.sample(logits, temperatures, seeds, steps))  # noqa: B023
+        row = {"rows": rows, "temperature": temperature, "vocab": SAMPLING_VOCAB, "ms": ms,
+               "tb_s": logits.numel() * logits.element_size() / ms / 1e9}  # fmt: skip
+        print(f"  sample [{rows}, {SAMPLING_VOCAB}] T {temperature}: {ms * 1e3:.1f} us "
+              f"({row['tb_s']:.2f} TB/s)", flush=True)  # fmt: skip
+        results.append(row)
+    return results
+
+
 def kernel_means_us(fn, replays: int = 20) -> dict[str, float]:
     """Mean device µs of each kernel per launch in `replays` replays of a graph of fn (under
     PDL a kernel's time includes its wait for the one before)."""
@@ -467,6 +495,7 @@ PLAIN_SWEEPS = {
     "order": ("decode batch order (steady TB/s):", "order_sweep", sweep_order),
     "floor": ("batch-1 decode attention by context and split count (steady):", "floor_sweep",
               sweep_floor),
+    "sampling": ("sampling (bf16 logits, graph replays):", "sampling_sweep", sweep_sampling),
 }  # fmt: skip
 
 
@@ -478,6 +507,8 @@ def main() -> None:
         help="also time launch configurations (default: all)",
     )  # fmt: skip
     parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--skip-tables", action="store_true",
+                        help="only the --sweep, not the attention and small-op tables")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
     report = {
@@ -487,11 +518,14 @@ def main() -> None:
     }  # fmt: skip
     print(f"{report['device']}, {report['sm_count']} SMs, torch {torch.__version__}, "
           f"triton {triton.__version__}; copy ceiling {report['copy_tb_s']:.2f} TB/s")  # fmt: skip
-    report["decode"] = [decode_case(DecodeInputs(case), DecodeConfig()) for case in DECODE_CASES]
-    report["prefill"] = [prefill_case(name, PrefillConfig()) for name in PREFILL_CASES]
-    report["small_ops"] = small_ops()
-    write_json(report, args.json)
-    print_tables(report)
+    if not args.skip_tables:
+        report["decode"] = [
+            decode_case(DecodeInputs(case), DecodeConfig()) for case in DECODE_CASES
+        ]
+        report["prefill"] = [prefill_case(name, PrefillConfig()) for name in PREFILL_CASES]
+        report["small_ops"] = small_ops()
+        write_json(report, args.json)
+        print_tables(report)
     if args.sweep in ("decode", "all"):
         print("\ndecode sweep (geomean of steady TB/s, then per case):", flush=True)
         report["decode_sweep"] = sweep_decode()

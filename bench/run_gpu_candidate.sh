@@ -13,10 +13,12 @@
 # end-to-end ones; kernels: bench/kernels.py's tables for both trees (main's first, as in
 # every part); order: bench/kernels.py --sweep order for both; floor: its tables and --sweep
 # floor (batch 1 from a one-tile context up) for both; linear: bench/linear.py on
-# qwen3-0.6b for both (LINEAR_BUDGET seconds each, default 100); batch1: Llama-3-8B batch-1
+# qwen3-0.6b for both (LINEAR_BUDGET seconds each, default 100); sampling: bench/kernels.py
+# --sweep sampling alone for both (.baseline needs this tree's bench/ where main's lacks
+# the sweep); batch1: Llama-3-8B batch-1
 # decode, two rounds; nano: one round; llama: Llama-3-8B fixed-256-256-1024, one round.
 set -uo pipefail
-[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_candidate.sh tests|kernel-tests|kernels|order|floor|linear|batch1|nano|llama..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash bench/run_gpu_candidate.sh tests|kernel-tests|kernels|order|floor|sampling|linear|batch1|nano|llama..." >&2; exit 2; }
 [ -d .baseline ] || { echo ".baseline (main's tree) is missing: see the header" >&2; exit 2; }
 commit=${LODGER_COMMIT:-unknown}
 baseline_commit=${BASELINE_COMMIT:-main}
@@ -55,6 +57,9 @@ case "$part" in
   floor)
     both_trees floor '^\||ceiling|splits' python3 bench/kernels.py --sweep floor
     ;;
+  sampling)
+    both_trees sampling 'sample' python3 bench/kernels.py --sweep sampling --skip-tables
+    ;;
   linear)
     both_trees linear 'M=|budget' python3 -m bench.linear --shapes qwen3-0.6b \
       --budget "${LINEAR_BUDGET:-100}"
@@ -74,8 +79,8 @@ case "$part" in
       --shape llama3-8b --workloads fixed-256-256-1024 --timeout 200 || rc=1
     ;;
   *)
-    echo "unknown part $part: tests, kernel-tests, kernels, order, floor, linear, batch1, nano" \
-      "or llama" >&2
+    echo "unknown part $part: tests, kernel-tests, kernels, order, floor, sampling, linear," \
+      "batch1, nano or llama" >&2
     exit 2
     ;;
 esac

@@ -15,6 +15,14 @@ words of the same position j in the tile's 4 lanes of W columns. For column c:
     q = -log1p(-v)                                              # Exp(1), precise near 0
     noise = -log(q)
 
+-log1p(-v) is its series below v = 1/4 (ten terms, within 1e-7 of it), else -log(1 - v).
+On the GPU both logs are the card's approximate log2 instruction (`lg2.approx`, a few ulp
+off, where the accurate software log costs ~40 instructions: with Philox it made the kernel
+compute-bound at ~120 instructions a column); the series keeps 1 - v away from 1, where
+that instruction's absolute error would be a large relative one. So the noise is within
+~1e-6 of its exact value (an argmax changes only between scores that close); the CPU
+interpreter, which has no such instruction, takes the accurate log.
+
 Philox is Triton's (tl.philox); `philox_uniforms` below computes the same v bit for bit in
 torch, and `reference_sample` is the torch reference of the whole draw. The engine passes a
 request's seed (its own, or one drawn for it when first seen) and its number of output
@@ -22,6 +30,7 @@ tokens as the step. Work is split over (row, column split) programs when the bat
 small to fill the GPU; a second tiny kernel then picks each row's best split.
 """
 
+import os
 from dataclasses import dataclass
 from functools import cache
 
@@ -29,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra import libdevice
 
 from lodger.kernels.pdl import await_prior_kernel, launch_options
 
@@ -36,7 +46,8 @@ from lodger.kernels.pdl import await_prior_kernel, launch_options
 _TWO_POW_M32 = tl.constexpr(2.0**-32)
 _TWO_POW_M33 = tl.constexpr(2.0**-33)
 _ONE_MINUS_ULP = tl.constexpr(1.0 - 2.0**-24)  # the largest float32 below 1
-_SERIES_BELOW = tl.constexpr(2.0**-6)  # log1p by its series below this (1 - v is coarse)
+_SERIES_BELOW = tl.constexpr(0.25)  # log1p by its series below this (1 - v is coarse)
+_LN2 = tl.constexpr(0.6931471805599453)
 _INT32_MAX = tl.constexpr(2**31 - 1)
 
 # Philox4x32 constants (Triton's, the Random123 ones), for the torch reference.
@@ -68,17 +79,29 @@ DEFAULT_CONFIG = SamplingConfig()
 
 
 @triton.jit
-def _uniform_to_noise(v):
+def _log(x, FAST_LOG: tl.constexpr):
+    """Natural log of positive normal x: FAST_LOG, the card's lg2.approx instruction."""
+    if FAST_LOG:
+        return libdevice.fast_log2f(x) * _LN2
+    return tl.log(x)
+
+
+@triton.jit
+def _uniform_to_noise(v, FAST_LOG: tl.constexpr):
     """-log(q) for q = -log1p(-v) ~ Exp(1): the Gumbel noise of uniform v in (0, 1)."""
-    series = v * (1.0 + v * (0.5 + v * (0.3333333432674408 + v * 0.25)))
-    q = tl.where(v < _SERIES_BELOW, series, -tl.log(1.0 - v))
-    return -tl.log(q)
+    # the series of -log1p(-v) to v**10 / 10, by Horner
+    series = 0.1
+    for n in tl.static_range(9, 0, -1):
+        series = 1.0 / n + v * series
+    series = v * series
+    q = tl.where(v < _SERIES_BELOW, series, -_log(1.0 - v, FAST_LOG))
+    return -_log(q, FAST_LOG)
 
 
 @triton.jit
 def _scan_lane(
     best_value, best_index, row_ptr, uniform_ptr, cols, end, inv_temperature, r,
-    RANDOM: tl.constexpr, WRITE_UNIFORMS: tl.constexpr,
+    RANDOM: tl.constexpr, WRITE_UNIFORMS: tl.constexpr, FAST_LOG: tl.constexpr,
 ):  # fmt: skip
     """Fold one lane of columns into the running (best score, its column) per position;
     columns only grow, so a strict > keeps the lowest column of equal scores."""
@@ -88,7 +111,7 @@ def _scan_lane(
         v = tl.minimum(r.to(tl.float32) * _TWO_POW_M32 + _TWO_POW_M33, _ONE_MINUS_ULP)
         if WRITE_UNIFORMS:
             tl.store(uniform_ptr + cols, v, mask=mask)
-        score = x * inv_temperature + _uniform_to_noise(v)
+        score = x * inv_temperature + _uniform_to_noise(v, FAST_LOG)
     else:
         score = x
     better = score > best_value
@@ -99,6 +122,7 @@ def _scan_lane(
 def _scan_columns(
     row_ptr, uniform_ptr, start, end, inv_temperature, seed, step,
     RANDOM: tl.constexpr, WRITE_UNIFORMS: tl.constexpr, LANE: tl.constexpr,
+    FAST_LOG: tl.constexpr,
 ):  # fmt: skip
     """(best score, its column) over columns [start, end) of one row, lowest column on ties;
     start is a multiple of the tile (4 * LANE)."""
@@ -118,19 +142,19 @@ def _scan_columns(
         cols = base + positions
         best_value, best_index = _scan_lane(
             best_value, best_index, row_ptr, uniform_ptr, cols, end, inv_temperature, r0,
-            RANDOM, WRITE_UNIFORMS,
+            RANDOM, WRITE_UNIFORMS, FAST_LOG,
         )  # fmt: skip
         best_value, best_index = _scan_lane(
             best_value, best_index, row_ptr, uniform_ptr, cols + LANE, end, inv_temperature, r1,
-            RANDOM, WRITE_UNIFORMS,
+            RANDOM, WRITE_UNIFORMS, FAST_LOG,
         )  # fmt: skip
         best_value, best_index = _scan_lane(
             best_value, best_index, row_ptr, uniform_ptr, cols + 2 * LANE, end, inv_temperature,
-            r2, RANDOM, WRITE_UNIFORMS,
+            r2, RANDOM, WRITE_UNIFORMS, FAST_LOG,
         )  # fmt: skip
         best_value, best_index = _scan_lane(
             best_value, best_index, row_ptr, uniform_ptr, cols + 3 * LANE, end, inv_temperature,
-            r3, RANDOM, WRITE_UNIFORMS,
+            r3, RANDOM, WRITE_UNIFORMS, FAST_LOG,
         )  # fmt: skip
     value = tl.max(best_value, axis=0)
     index = tl.min(tl.where(best_value == value, best_index, _INT32_MAX), axis=0)
@@ -141,7 +165,8 @@ def _scan_columns(
 def _sample_kernel(
     logits_ptr, temperature_ptr, seed_ptr, step_ptr, value_ptr, index_ptr, uniform_ptr,
     stride_row, stride_uniform, vocab_size, split_columns,
-    WRITE_UNIFORMS: tl.constexpr, LANE: tl.constexpr, USE_PDL: tl.constexpr,
+    WRITE_UNIFORMS: tl.constexpr, LANE: tl.constexpr, FAST_LOG: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (row, split): the best column of the split's columns, to value/index[row, split]."""
     await_prior_kernel(USE_PDL)
@@ -156,14 +181,14 @@ def _sample_kernel(
     if temperature == 0.0:
         value, index = _scan_columns(
             row_ptr, uniform_row, start, end, 1.0, 0, 0,
-            RANDOM=False, WRITE_UNIFORMS=False, LANE=LANE,
+            RANDOM=False, WRITE_UNIFORMS=False, LANE=LANE, FAST_LOG=FAST_LOG,
         )  # fmt: skip
     else:
         seed = tl.load(seed_ptr + row)
         step = tl.load(step_ptr + row).to(tl.uint32)
         value, index = _scan_columns(
             row_ptr, uniform_row, start, end, 1.0 / temperature, seed, step,
-            RANDOM=True, WRITE_UNIFORMS=WRITE_UNIFORMS, LANE=LANE,
+            RANDOM=True, WRITE_UNIFORMS=WRITE_UNIFORMS, LANE=LANE, FAST_LOG=FAST_LOG,
         )  # fmt: skip
     tl.store(value_ptr + row * num_splits + split, value)
     tl.store(index_ptr + row * num_splits + split, index.to(tl.int64))
@@ -188,6 +213,12 @@ def _best_split_kernel(
     indices = tl.load(index_ptr + row * num_splits + splits, mask=mask, other=_INT32_MAX)
     best = tl.max(values, axis=0)
     tl.store(out_ptr + row, tl.min(tl.where(values == best, indices, _INT32_MAX), axis=0))
+
+
+def has_fast_log(device: torch.device) -> bool:
+    """Whether the kernel takes the card's approximate log2 (compiled for CUDA; the CPU
+    interpreter has none)."""
+    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 @cache
@@ -264,7 +295,8 @@ def sample(
         uniforms if uniforms is not None else values,
         logits.stride(0), uniforms.stride(0) if uniforms is not None else 0,
         vocab_size, tiles_per_split * config.tile,
-        WRITE_UNIFORMS=uniforms is not None, LANE=config.lane_width, num_warps=config.num_warps,
+        WRITE_UNIFORMS=uniforms is not None, LANE=config.lane_width,
+        FAST_LOG=has_fast_log(logits.device), num_warps=config.num_warps,
         **launch_options(logits.device),
     )  # fmt: skip
     if num_splits > 1:
@@ -317,9 +349,12 @@ def philox_uniforms(seeds: Tensor, steps: Tensor, vocab_size: int, lane_width: i
 
 
 def uniform_to_noise(v: Tensor) -> Tensor:
-    """-log(q), q = -log1p(-v): the kernel's noise in plain torch (up to float rounding)."""
-    series = v * (1.0 + v * (0.5 + v * (0.3333333432674408 + v * 0.25)))
-    q = torch.where(v < 2.0**-6, series, -torch.log(1.0 - v))
+    """-log(q), q = -log1p(-v): the kernel's noise in plain torch, with its series below
+    1/4 and the accurate log (the GPU's approximate log is within ~1e-6 of it)."""
+    series = torch.full_like(v, 0.1)
+    for n in range(9, 0, -1):
+        series = 1.0 / n + v * series
+    q = torch.where(v < 0.25, v * series, -torch.log(1.0 - v))
     return -torch.log(q)
 
 

@@ -85,8 +85,9 @@ def test_reference_draws_follow_the_softmax(temperature):
 
 
 def test_reference_noise_is_exact_in_both_tails():
-    """q = -log1p(-v) keeps its relative precision for tiny v (the series) and large v."""
-    v = torch.tensor([2.0**-33, 1e-6, 0.01, 2.0**-6, 0.5, 1 - 2.0**-24])
+    """q = -log1p(-v) keeps its relative precision for tiny v (the series, up to 1/4) and
+    large v."""
+    v = torch.tensor([2.0**-33, 1e-6, 0.01, 2.0**-6, 0.2, 0.2499999, 0.25, 0.5, 1 - 2.0**-24])
     noise = sampling.uniform_to_noise(v).double()
     expected = -torch.log(-torch.log1p(-v.double()))
     assert torch.allclose(noise, expected, rtol=2e-6, atol=1e-6), (noise, expected)
@@ -101,9 +102,12 @@ def test_choose_num_splits():
 
 
 @pytest.mark.parametrize("dtype,write_uniforms", [("*fp32", False), ("*bf16", True)])
-def test_kernel_compiles_for_hopper(dtype, write_uniforms):
+@pytest.mark.parametrize("fast_log", [False, True])
+def test_kernel_compiles_for_hopper(dtype, write_uniforms, fast_log):
     """Triton's compiler, not its interpreter, rejects some code (e.g. a global read in a
-    kernel that is not a tl.constexpr instance): compile for sm_90 here, without a GPU."""
+    kernel that is not a tl.constexpr instance): compile for sm_90 here, without a GPU.
+    The GPU's kernel (FAST_LOG) takes both logs of every column's noise from lg2.approx,
+    the accurate software log none of them."""
     pytest.importorskip("triton")
     from hopper_ptx import compile_for_hopper
 
@@ -111,8 +115,12 @@ def test_kernel_compiles_for_hopper(dtype, write_uniforms):
         logits_ptr=dtype, temperature_ptr="*fp32", seed_ptr="*i64", step_ptr="*i64",
         value_ptr="*fp32", index_ptr="*i64", uniform_ptr="*fp32", stride_row="i64",
     )  # fmt: skip
-    constexprs = {"WRITE_UNIFORMS": write_uniforms, "LANE": 1024}
-    compile_for_hopper(sampling._sample_kernel, types, constexprs, num_warps=8)
+    constexprs = {"WRITE_UNIFORMS": write_uniforms, "LANE": 1024, "FAST_LOG": fast_log}
+    compiled = compile_for_hopper(sampling._sample_kernel, types, constexprs, num_warps=8)
+    ptx = compiled.asm["ptx"]
+    approx_logs = ptx.count("lg2.approx")
+    columns_per_thread = 4 * 1024 // (8 * 32)  # a tile's columns over 8 warps of 32 threads
+    assert approx_logs == (2 * columns_per_thread if fast_log else 0), approx_logs
 
 
 @pytest.mark.skipif(CUDA, reason="the compiled kernel is tested on the GPU below")
