@@ -20,8 +20,9 @@ On the GPU both logs are the card's approximate log2 instruction (`lg2.approx`, 
 off, where the accurate software log costs ~40 instructions: with Philox it made the kernel
 compute-bound at ~120 instructions a column); the series keeps 1 - v away from 1, where
 that instruction's absolute error would be a large relative one. So the noise is within
-~1e-6 of its exact value (an argmax changes only between scores that close); the CPU
-interpreter, which has no such instruction, takes the accurate log.
+a few float32 ulp of the accurate log's (at most ~5e-6 where it is largest, near 23), and a
+draw can change only between scores that close; the CPU interpreter, which has no such
+instruction, takes the accurate log.
 
 Philox is Triton's (tl.philox); `philox_uniforms` below computes the same v bit for bit in
 torch, and `reference_sample` is the torch reference of the whole draw. The engine passes a
@@ -350,7 +351,7 @@ def philox_uniforms(seeds: Tensor, steps: Tensor, vocab_size: int, lane_width: i
 
 def uniform_to_noise(v: Tensor) -> Tensor:
     """-log(q), q = -log1p(-v): the kernel's noise in plain torch, with its series below
-    1/4 and the accurate log (the GPU's approximate log is within ~1e-6 of it)."""
+    1/4 and the accurate log (the GPU's approximate log is within a few ulp of it)."""
     series = torch.full_like(v, 0.1)
     for n in range(9, 0, -1):
         series = 1.0 / n + v * series

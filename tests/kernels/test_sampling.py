@@ -211,3 +211,31 @@ def test_full_vocabulary_draws_follow_the_softmax(temperature):
     drawn = (tokens[:, None] == columns[None, :]).int().argmax(dim=1)
     statistic = chi_square(drawn, softmax_probs(PROBS.log(), temperature))
     assert statistic < CHI2_999[7], f"chi2 {statistic:.1f}"
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("fast_log", [False, True])
+def test_compiled_noise_is_close_to_exact(fast_log):
+    """The kernel's noise function, compiled, over uniforms from 2**-33 to 1 - 2**-24 (both
+    tails, the series' edge at 1/4): within 1e-6 of -log(-log1p(-v)) in float64 (relative
+    where it exceeds 1; a few float32 ulp), the card's lg2.approx included."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def noise_kernel(v_ptr, out_ptr, n, FAST_LOG: tl.constexpr, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        v = tl.load(v_ptr + offsets, mask=mask, other=0.5)
+        tl.store(out_ptr + offsets, sampling._uniform_to_noise(v, FAST_LOG), mask=mask)
+
+    exponents = torch.linspace(-33, -1e-7, 200_000, dtype=torch.float64)
+    v = torch.cat([2.0**exponents, torch.linspace(0.2, 0.3, 100_001, dtype=torch.float64)])
+    v = torch.cat([v, 1 - v]).float().clamp(2.0**-33, 1 - 2.0**-24).cuda()
+    noise = torch.empty_like(v)
+    noise_kernel[(triton.cdiv(len(v), 1024),)](v, noise, len(v), FAST_LOG=fast_log, BLOCK=1024)
+    exact = -torch.log(-torch.log1p(-v.double()))
+    error = (noise.double() - exact).abs()
+    assert float(error.max()) < 6e-6, float(error.max())
+    assert float((error / exact.abs().clamp_min(1.0)).max()) < 1e-6
