@@ -218,8 +218,9 @@ def test_full_vocabulary_draws_follow_the_softmax(temperature):
 @pytest.mark.parametrize("fast_log", [False, True])
 def test_compiled_noise_is_close_to_exact(fast_log):
     """The kernel's noise function, compiled, over uniforms from 2**-33 to 1 - 2**-24 (both
-    tails, the series' edge at 1/4): within 1e-6 of -log(-log1p(-v)) in float64 (relative
-    where it exceeds 1; a few float32 ulp), the card's lg2.approx included."""
+    tails, the series' edge at 1/4), against -log(-log1p(-v)) in float64: within 1e-6 of
+    it relative to max(1, |noise|) and 6e-6 absolute (a few float32 ulp), the card's
+    lg2.approx included (measured on an H200: 5.3e-7 and 3.5e-6)."""
     import triton
     import triton.language as tl
 
