@@ -48,6 +48,7 @@ _TWO_POW_M32 = tl.constexpr(2.0**-32)
 _TWO_POW_M33 = tl.constexpr(2.0**-33)
 _ONE_MINUS_ULP = tl.constexpr(1.0 - 2.0**-24)  # the largest float32 below 1
 _SERIES_BELOW = tl.constexpr(0.25)  # log1p by its series below this (1 - v is coarse)
+_SERIES_TERMS = tl.constexpr(10)  # to v**10 / 10: within 1e-7 of it up to _SERIES_BELOW
 _LN2 = tl.constexpr(0.6931471805599453)
 _INT32_MAX = tl.constexpr(2**31 - 1)
 
@@ -90,9 +91,9 @@ def _log(x, FAST_LOG: tl.constexpr):
 @triton.jit
 def _uniform_to_noise(v, FAST_LOG: tl.constexpr):
     """-log(q) for q = -log1p(-v) ~ Exp(1): the Gumbel noise of uniform v in (0, 1)."""
-    # the series of -log1p(-v) to v**10 / 10, by Horner
-    series = 0.1
-    for n in tl.static_range(9, 0, -1):
+    # the series of -log1p(-v) to v**_SERIES_TERMS / _SERIES_TERMS, by Horner
+    series = 1.0 / _SERIES_TERMS
+    for n in tl.static_range(_SERIES_TERMS - 1, 0, -1):
         series = 1.0 / n + v * series
     series = v * series
     q = tl.where(v < _SERIES_BELOW, series, -_log(1.0 - v, FAST_LOG))
@@ -352,10 +353,11 @@ def philox_uniforms(seeds: Tensor, steps: Tensor, vocab_size: int, lane_width: i
 def uniform_to_noise(v: Tensor) -> Tensor:
     """-log(q), q = -log1p(-v): the kernel's noise in plain torch, with its series below
     1/4 and the accurate log (the GPU's approximate log is within a few ulp of it)."""
-    series = torch.full_like(v, 0.1)
-    for n in range(9, 0, -1):
+    terms = _SERIES_TERMS.value
+    series = torch.full_like(v, 1.0 / terms)
+    for n in range(terms - 1, 0, -1):
         series = 1.0 / n + v * series
-    q = torch.where(v < 0.25, v * series, -torch.log(1.0 - v))
+    q = torch.where(v < _SERIES_BELOW.value, v * series, -torch.log(1.0 - v))
     return -torch.log(q)
 
 
